@@ -1,0 +1,4 @@
+from .config import ModelConfig
+from .inference import Segmenter
+
+__all__ = ["ModelConfig", "Segmenter"]
