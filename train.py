@@ -5,7 +5,7 @@ original run (``--preset seed``); ``--preset cpu`` is the run that produced the 
 
     python train.py --preset cpu --export-to weights/
     python train.py --epochs 3 --run-id smoke
-    python train.py --resume runs/<id>
+    python train.py --resume runs/<id> [--epochs 50]   # continue a run (optionally for longer)
     torchrun --nproc_per_node=2 train.py ...          # DDP (gloo on CPU, nccl on CUDA)
 """
 
@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -41,17 +42,17 @@ from segmenter.model import build_discriminator, build_generator, load_lite0_ima
 
 @dataclass
 class TrainConfig:
-    """Defaults are the original 100-epoch pix2pix run."""
+    """Defaults are the original 100-epoch pix2pix run. Each field is a command-line option; see HELP."""
 
-    run_id: str = ""  # empty: generated from the time
+    run_id: str = ""
     out_dir: str = "runs"
-    data: str = str(DEFAULT_DATA_DIR)  # dataset folder (with split.csv) or an images,masks[,split] CSV
+    data: str = str(DEFAULT_DATA_DIR)
     train_split: str = "train"
     val_split: str = "val"
-    arch: str = "pix2pix_unet"  # pix2pix_unet | effnet_unet
+    arch: str = "pix2pix_unet"
     ngf: int = 64
     ndf: int = 64
-    pretrained: bool = True  # effnet_unet: start the encoder from ImageNet weights
+    pretrained: bool = True
     epochs: int = 100
     batch_size: int = 10
     lr: float = 2e-4
@@ -61,25 +62,66 @@ class TrainConfig:
     lr_decay_g: float = 0.999
     lr_decay_d: float = 0.99
     l1_lambda: float = 100.0
-    gan_weight: float = 1.0  # 0: L1 only (no discriminator)
-    real_label: float = 1.0  # <1: one-sided label smoothing
+    gan_weight: float = 1.0
+    real_label: float = 1.0
     size: int = 256
-    aug: str = "pix2pix"  # pix2pix (resize 286, crop, flip) | strong (+scale, aspect, rotation, colour)
-    composite_p: float = 0.0  # chance of pasting the person onto another training photo
+    aug: str = "pix2pix"
+    composite_p: float = 0.0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16/fp16 autocast on CUDA; always fp32 on CPU
+    device: str = "auto"
+    amp: bool = True
     workers: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    samples: int = 6  # val images in the per-epoch sample grid
-    limit: int = 0  # use only the first N train/val pairs (smoke tests); 0 = all
-    eval_test: bool = True  # record test metrics of the best-by-val model in the export (never used to choose)
-    half: bool = False  # export fp16 weights
-    export_to: str = ""  # also copy the exported model here (e.g. weights/)
-    push_to_hub: str = ""  # Hub repo id to upload the export to
-    resume: str = ""  # a run folder (or checkpoint file) to continue
+    threads: int = 0
+    samples: int = 6
+    limit: int = 0
+    eval_test: bool = True
+    half: bool = False
+    export_to: str = ""
+    push_to_hub: str = ""
+    resume: str = ""
     preset: str = "seed"
 
+
+HELP: dict[str, str] = {
+    "run_id": "run folder name under --out-dir; empty: generated from the time",
+    "out_dir": "where run folders go",
+    "data": "dataset folder (with split.csv, or Training_Images/ + Ground_Truth/) or an images,masks[,split] CSV",
+    "train_split": "split column value of the training rows",
+    "val_split": "split column value of the validation rows (choose the best epoch)",
+    "arch": "generator",
+    "ngf": "pix2pix_unet: width of the first generator layer",
+    "ndf": "PatchGAN discriminator: width of the first layer",
+    "pretrained": "effnet_unet: start the encoder from ImageNet weights",
+    "epochs": "total epochs (on --resume: may be raised to train longer)",
+    "batch_size": "images per step (per process under DDP)",
+    "lr": "Adam learning rate of G and D",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "lr_decay_every": "epochs between learning-rate decays",
+    "lr_decay_g": "G's learning-rate factor at each decay",
+    "lr_decay_d": "D's learning-rate factor at each decay",
+    "l1_lambda": "weight of G's L1 loss",
+    "gan_weight": "weight of G's adversarial loss; 0: L1 only (no discriminator)",
+    "real_label": "D's target for real pairs; <1: one-sided label smoothing",
+    "size": "training resolution (pix2pix_unet: a power of two >= 32; effnet_unet: a multiple of 32)",
+    "aug": "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour",
+    "composite_p": "chance of pasting the person onto another training photo",
+    "seed": "random seed (rank r of a DDP run uses seed + r)",
+    "device": "auto: cuda when available",
+    "amp": "bf16/fp16 autocast on CUDA; always fp32 on CPU",
+    "workers": "DataLoader worker processes",
+    "threads": "torch CPU threads; 0: torch's default",
+    "samples": "val images in the per-epoch sample grid",
+    "limit": "use only the first N train/val pairs (smoke tests); 0: all",
+    "eval_test": "record test metrics of the best-by-val model in the export (never used to choose)",
+    "half": "export fp16 weights",
+    "export_to": "also copy the exported model here (e.g. weights/)",
+    "push_to_hub": "Hub repo id (user/name) to upload the export to; token from HF_TOKEN or the cached login",
+    "resume": "a run folder (or its last.pt) to continue in place",
+    "preset": "starting defaults, which other options override",
+}
+CHOICES: dict[str, list[str]] = {"arch": ["pix2pix_unet", "effnet_unet"], "aug": ["pix2pix", "strong"],
+                                 "device": ["auto", "cpu", "cuda"]}  # fmt: skip
 
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
@@ -91,45 +133,88 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# On --resume the saved run's config wins, except for these, which always come from this command line
+# (this machine, and where the result goes) ...
+RESUME_CURRENT = ("resume", "device", "workers", "threads", "export_to", "push_to_hub")
+# ... and these, which may be given to change them: they leave the epochs already trained as they were.
+RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
+    """An option per TrainConfig field, with ``defaults``."""
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=_HelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"default": defaults[f.name], "help": HELP[f.name]}
+        if f.name == "preset":
+            parser.add_argument(flag, choices=sorted(PRESETS), **kw)
+        elif f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), **kw)
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Command line -> TrainConfig. Every field is an option; a preset sets defaults that options override."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
-    defaults = {**dataclasses.asdict(TrainConfig()), **PRESETS[known.preset], "preset": known.preset}
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = defaults[f.name]
-        if f.name == "preset":
-            parser.add_argument(flag, default=default, choices=sorted(PRESETS), help="starting defaults")
-        elif f.type == "bool":
-            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=" ")
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(flag, default=default, type=kind, help=" ")
-    args = parser.parse_args(argv)
-    cfg = TrainConfig(**vars(args))
-    if cfg.arch not in ("pix2pix_unet", "effnet_unet"):
-        parser.error(f"--arch must be pix2pix_unet or effnet_unet, not {cfg.arch!r}")
-    if cfg.aug not in ("pix2pix", "strong"):
-        parser.error(f"--aug must be pix2pix or strong, not {cfg.aug!r}")
+    parser = _parser({**dataclasses.asdict(TrainConfig()), **PRESETS[known.preset], "preset": known.preset})
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    if cfg.arch == "pix2pix_unet" and (cfg.size < 32 or cfg.size & (cfg.size - 1)):
+        parser.error(f"--size {cfg.size}: pix2pix_unet needs a power of two >= 32")
+    if cfg.arch == "effnet_unet" and (cfg.size < 32 or cfg.size % 32):
+        parser.error(f"--size {cfg.size}: effnet_unet needs a multiple of 32")
     return cfg
 
 
+def given_options(argv: list[str]) -> dict[str, Any]:
+    """The options ``argv`` sets itself (not through defaults or a preset), parsed."""
+    return vars(_parser({f.name: argparse.SUPPRESS for f in dataclasses.fields(TrainConfig)}).parse_args(argv))
+
+
+def resume_config(saved: dict[str, Any], cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The config of a resumed run: ``saved`` (from the checkpoint), with RESUME_CURRENT from ``cfg`` and
+    RESUME_CHANGEABLE from the options ``given``. Any other option given with a different value is an error."""
+    conflicts = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in given.items()
+                 if k not in RESUME_CURRENT + RESUME_CHANGEABLE and saved.get(k) != v]  # fmt: skip
+    if conflicts:
+        raise SystemExit(f"--resume continues a run with its own config; cannot change: {', '.join(conflicts)}")
+    changed = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE}
+    return TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in RESUME_CURRENT}, **changed})
+
+
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    return ModelConfig(arch=cfg.arch, ngf=cfg.ngf, input_size=cfg.size)  # type: ignore[arg-type]
+    """The generator's config. The pix2pix U-Net halves down to 1x1: log2(size) levels (8 at 256)."""
+    num_downs = cfg.size.bit_length() - 1 if cfg.arch == "pix2pix_unet" else ModelConfig.num_downs
+    return ModelConfig(arch=cfg.arch, ngf=cfg.ngf, num_downs=num_downs, input_size=cfg.size)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ checkpoints
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file, fsync, then rename: a kill mid-save never leaves a corrupt ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def find_checkpoint(resume: str) -> Path:
@@ -145,6 +230,14 @@ def rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "loader": loader_gen.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def all_rng_states(loader_gen: torch.Generator, world: int) -> list[dict[str, Any]]:
+    """Every rank's RNG states, so that a resumed DDP run continues them all (a collective under DDP)."""
+    states = [rng_state(loader_gen)] * world
+    if world > 1:
+        dist.all_gather_object(states, states[0])
+    return states
 
 
 def set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
@@ -189,7 +282,7 @@ def save_samples(G: nn.Module, images: torch.Tensor, masks: torch.Tensor, path: 
     save_image(torch.cat(rows), path, nrow=3, padding=2, pad_value=1.0)
 
 
-def plot_curves(log: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(log: list[dict[str, Any]], path: Path, size: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +296,7 @@ def plot_curves(log: list[dict[str, Any]], path: Path) -> None:
     a.set_xlabel("epoch"), a.set_title("training losses"), a.legend()
     b.plot(epochs, [r["val_iou"] for r in log], label="val IoU")
     b.plot(epochs, [r["val_dice"] for r in log], label="val Dice")
-    b.set_xlabel("epoch"), b.set_title("validation (256x256)"), b.legend()
+    b.set_xlabel("epoch"), b.set_title(f"validation ({size}x{size})"), b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -213,8 +306,7 @@ MODEL_CARD = """---
 license: mit
 library_name: pytorch
 tags: [image-segmentation, person-segmentation, pix2pix, gan]
-datasets: [Human-Segmentation-Dataset]
-pipeline_tag: image-segmentation
+{datasets_yaml}pipeline_tag: image-segmentation
 ---
 # Person segmentation: {arch} trained as a Pix2Pix generator
 
@@ -230,34 +322,59 @@ Load it with `Segmenter.from_pretrained(<this folder or repo id>)` from this pro
 Weights: `model.safetensors` ({dtype}), sha256 `{sha256}`.
 
 ## Training
-Training ID `{run_id}`, preset `{preset}`: `{command}`.
-Generator `{arch}`, 70x70 PatchGAN discriminator (ndf {ndf}), GAN weight {gan_weight} + L1 x {l1_lambda},
+Training ID `{run_id}`, preset `{preset}`: `{command}`{resumed}.
+Generator `{arch}`, {objective},
 Adam lr {lr} betas ({beta1}, {beta2}), {epochs} epochs, batch {batch_size}, augmentation `{aug}`
 (compositing p={composite_p}). The model kept is the best epoch by validation IoU (epoch {best_epoch}).
 The test split was never used for training or for choosing the model.
 
 ## Data
-The Human Segmentation Dataset (290 photos of people with masks; split 230 train / 30 val / 30 test by
-`split.csv`). Its masks were themselves produced by a background-removal service, so they carry that
-service's errors; the dataset ships no licence file, so check its terms before commercial use.
+{data_section}
 
 ## Intended use and limitations
-A demo-grade person/background segmenter for photos and webcam snapshots. Trained on 230 photos, mostly
+A demo-grade person/background segmenter for photos and webcam snapshots. Trained on {train_images} photos, mostly
 single, centred people; expect weaker masks on crowds, tiny or partial people, unusual poses, and fine
 structures such as hair. Not for surveillance, identification or any decision about a person.
 """
+HSD_SECTION = """The Human Segmentation Dataset (290 photos of people with masks; split 230 train / 30 val / 30 test by
+`split.csv`). Its masks were themselves produced by a background-removal service, so they carry that
+service's errors; the dataset ships no licence file, so check its terms before commercial use."""
+
+
+def write_logs(run_dir: Path, log: list[dict[str, Any]], append: bool) -> None:
+    """log.jsonl (one record per epoch; ``append``: only the last) and metrics.csv (all of them)."""
+    with open(run_dir / "log.jsonl", "a" if append else "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in (log[-1:] if append else log))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(log[0]) if log else [])
+        w.writeheader()
+        w.writerows(log)
 
 
 def write_card(folder: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
-    metrics = mcfg.meta.get("metrics", {})
-    rows = "\n".join(
+    """README.md: the model card, from the export's config (metrics, sha256, provenance) and the run's config."""
+    meta = mcfg.meta
+    rows = [
         f"| {split} | {m['images']} | {m['iou']:.4f} | {m['dice']:.4f} | {m['accuracy']:.4f} | {m['boundary_f']:.4f} |"
-        for split, m in metrics.items()
-    )
-    text = MODEL_CARD.format(**dataclasses.asdict(cfg) | {"threshold": mcfg.threshold, "rows": rows,
-                             "dtype": mcfg.meta["dtype"], "sha256": mcfg.meta["sha256"],
-                             "command": mcfg.meta["command"], "best_epoch": mcfg.meta["best_epoch"]})  # fmt: skip
+        for split, m in meta.get("metrics", {}).items()
+    ]
+    data, counts = Path(cfg.data), meta["data"]
+    hsd = data.name == DEFAULT_DATA_DIR.name
+    data_section = HSD_SECTION if hsd else (f"`{data.parent.name}/{data.name}`: {counts['train_images']} training "
+                                            f"and {counts['val_images']} validation photos with person masks.")  # fmt: skip
+    objective = (f"70x70 PatchGAN discriminator (ndf {cfg.ndf}), GAN weight {cfg.gan_weight} + L1 x {cfg.l1_lambda}"
+                 if cfg.gan_weight > 0 else f"L1 loss only (x {cfg.l1_lambda}, no discriminator)")  # fmt: skip
+    text = MODEL_CARD.format(**dataclasses.asdict(cfg) | {
+        "threshold": mcfg.threshold, "rows": "\n".join(rows) or "| (none) | 0 | | | | |", "dtype": meta["dtype"],
+        "sha256": meta["sha256"], "command": meta["commands"][0],
+        "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]), "best_epoch": meta["best_epoch"],
+        "objective": objective, "train_images": counts["train_images"], "data_section": data_section,
+        "datasets_yaml": f"datasets: [{DEFAULT_DATA_DIR.name}]\n" if hsd else "",
+    })  # fmt: skip
     (folder / "README.md").write_text(text)
+
+
+EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
 
 
 def push_to_hub(folder: Path, repo_id: str) -> str:
@@ -266,13 +383,17 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", allow_patterns=list(EXPORT_FILES),
                              commit_message="Upload person-segmentation generator")  # fmt: skip
     return str(getattr(info, "commit_url", info))
 
 
-def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any]) -> Path:
-    """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics."""
+def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any],
+           provenance: dict[str, Any]) -> Path:  # fmt: skip
+    """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics.
+
+    ``provenance`` (the commands that ran, image counts) goes into config.json's ``meta``.
+    """
     from segmenter.inference import Segmenter, save_pretrained
     from segmenter.metrics import evaluate
 
@@ -280,8 +401,8 @@ def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], be
     G = build_generator(mcfg)
     G.load_state_dict(G_state)
     out = run_dir / "export"
-    mcfg.meta = {"run_id": cfg.run_id, "preset": cfg.preset, "best_epoch": best["epoch"],
-                 "command": " ".join(["python", "train.py", *sys.argv[1:]]), "train_config": dataclasses.asdict(cfg)}  # fmt: skip
+    mcfg.meta = {"run_id": cfg.run_id, "preset": cfg.preset, "best_epoch": best["epoch"], **provenance,
+                 "train_config": dataclasses.asdict(cfg)}  # fmt: skip
     save_pretrained(G, mcfg, out, half=cfg.half)
     seg = Segmenter.from_pretrained(out, device="cpu")
     splits = [cfg.val_split] + (["test"] if cfg.eval_test else [])
@@ -300,14 +421,45 @@ def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], be
     if cfg.export_to:
         dest = Path(cfg.export_to)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "config.json", "README.md"):
+        for name in EXPORT_FILES:
             shutil.copy2(out / name, dest / name)
     return out
 
 
 # ------------------------------------------------------------------ main
+def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """Train and val datasets, decoded once: a missing or unreadable file raises ValueError naming it.
+
+    Without a split, the last eighth of the pairs is held out for validation.
+    """
+    if _has_split(cfg.data):
+        train_pairs, val_pairs = load_pairs(cfg.data, cfg.train_split), load_pairs(cfg.data, cfg.val_split)
+    else:
+        pairs = load_pairs(cfg.data)
+        if len(pairs) < 2:
+            raise ValueError(f"{cfg.data}: need at least 2 image pairs to hold one out for validation")
+        k = max(1, len(pairs) // 8)
+        train_pairs, val_pairs = pairs[:-k], pairs[-k:]
+    if cfg.limit:
+        train_pairs, val_pairs = train_pairs[: cfg.limit], val_pairs[: cfg.limit]
+    train_ds = SegmentationDataset(train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p)
+    val_ds = SegmentationDataset(val_pairs, train=False, size=cfg.size)
+    return train_ds, val_ds
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train, export, push; returns the exit code (130 after Ctrl-C). Leaves the SIGINT handler as it found it."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return run(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(argv: list[str]) -> int:
+    """The training run ``argv`` describes (see main)."""
     cfg = parse_args(argv)
+    command = shlex.join(["python", "train.py", *argv])
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     if cfg.device == "auto":
@@ -321,20 +473,32 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.threads)
     master = rank == 0
 
-    # Resume: the checkpoint's config wins, except for where to export/push.
-    ckpt = None
+    # Resume: the checkpoint's config, continued in the checkpoint's folder
+    ckpt, commands = None, [command]
     if cfg.resume:
         ckpt_path = find_checkpoint(cfg.resume)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        keep = {k: getattr(cfg, k) for k in ("resume", "export_to", "push_to_hub", "device", "workers", "threads")}
-        cfg = TrainConfig(**{**ckpt["config"], **keep})
-    if not cfg.run_id:
-        cfg.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        if ddp:  # every rank must agree on the ID
-            ids = [cfg.run_id]
-            dist.broadcast_object_list(ids, src=0)
-            cfg.run_id = ids[0]
-    run_dir = Path(cfg.out_dir) / cfg.run_id
+        cfg = resume_config(ckpt["config"], cfg, given_options(argv))
+        cfg.out_dir = str(ckpt_path.parent.parent)
+        run_dir = ckpt_path.parent
+        commands = [*ckpt.get("commands", []), command]
+
+    # Data (decoded once; a missing or unreadable file stops here, naming it, before the run folder exists)
+    try:
+        train_ds, val_ds = load_data(cfg)
+    except ValueError as e:
+        raise SystemExit(f"data error: {e}") from None
+
+    if ckpt is None:
+        if not cfg.run_id:
+            cfg.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            if ddp:  # every rank must agree on the ID
+                ids = [cfg.run_id]
+                dist.broadcast_object_list(ids, src=0)
+                cfg.run_id = ids[0]
+        run_dir = Path(cfg.out_dir) / cfg.run_id
+        if (run_dir / "last.pt").exists():
+            raise SystemExit(f"{run_dir} already holds a run: --resume {run_dir}, or choose another --run-id")
     if master:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
@@ -343,17 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
 
-    # Data (decoded once; a missing or unreadable file stops here, naming it)
-    train_pairs = load_pairs(cfg.data, cfg.train_split if _has_split(cfg.data) else None)
-    val_pairs = load_pairs(cfg.data, cfg.val_split) if _has_split(cfg.data) else train_pairs[-max(1, len(train_pairs) // 8):]
-    if cfg.limit:
-        train_pairs, val_pairs = train_pairs[: cfg.limit], val_pairs[: cfg.limit]
-    train_ds = SegmentationDataset(train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p)
-    val_ds = SegmentationDataset(val_pairs, train=False, size=cfg.size)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if ddp else None
+    per_rank = len(sampler) if sampler is not None else len(train_ds)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=loader_gen, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size,
+                              generator=loader_gen, num_workers=cfg.workers, drop_last=per_rank > cfg.batch_size,
                               persistent_workers=cfg.workers > 0)  # fmt: skip
     val_loader = DataLoader(val_ds, batch_size=16)
     n_samples = min(cfg.samples, len(val_ds))
@@ -382,9 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         sched_g.load_state_dict(ckpt["sched_g"])
         sched_d.load_state_dict(ckpt["sched_d"])
         start_epoch, best, best_state, log = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_G"], ckpt["log"]
-        set_rng_state(ckpt["rng"], loader_gen)
+        states = ckpt.get("rng_ranks") or [ckpt["rng"]]  # per rank (DDP), or rank 0's alone (older checkpoints)
+        set_rng_state(states[rank % len(states)], loader_gen)
         if master:
-            print(f"resumed {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
+            for stale in run_dir.glob(".*.tmp"):  # from a save that was killed
+                stale.unlink()
+            write_logs(run_dir, log, append=False)  # drop records of an epoch whose checkpoint never landed
+            print(f"resumed {run_dir} after epoch {start_epoch} of {cfg.epochs}")
     G_train = nn.parallel.DistributedDataParallel(G) if ddp else G
     D_train = nn.parallel.DistributedDataParallel(D) if ddp and use_gan else D
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
@@ -405,10 +567,11 @@ def main(argv: list[str] | None = None) -> int:
             raise KeyboardInterrupt
         interrupted = True
         if master:
-            print("\nCtrl-C: finishing this step, saving, then exiting (Ctrl-C again to abort)", file=sys.stderr)
+            print("\nCtrl-C: stopping after this step; the last end-of-epoch checkpoint is kept (Ctrl-C again to abort)",
+                  file=sys.stderr)  # fmt: skip
 
     signal.signal(signal.SIGINT, on_sigint)
-    epoch = start_epoch
+    done = start_epoch  # epochs in the checkpoint
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -452,15 +615,14 @@ def main(argv: list[str] | None = None) -> int:
                 break
             t_fetch = time.time()
         bar.close()
-        if interrupted:
-            if master:
-                print(f"interrupted in epoch {epoch + 1}; checkpoint of epoch {epoch} kept: "
-                      f"python train.py --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        if interrupted:  # mid-epoch: this epoch is dropped, the previous checkpoint stays
             break
         lr_g = opt_g.param_groups[0]["lr"]
         sched_g.step()
-        sched_d.step()
+        if use_gan:  # (D never steps without a GAN loss)
+            sched_d.step()
         if not master:
+            all_rng_states(loader_gen, world)  # join rank 0's gather for its checkpoint
             continue
         val_iou, val_dice, val_l1 = validate(G, val_loader, device)
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}, "lr_g": lr_g,
@@ -470,32 +632,43 @@ def main(argv: list[str] | None = None) -> int:
         if val_iou > best["val_iou"]:
             best = {"val_iou": val_iou, "val_dice": val_dice, "epoch": epoch + 1}
             best_state = {k: v.detach().cpu().clone() for k, v in G.state_dict().items()}
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        with open(run_dir / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(record))
-            w.writeheader()
-            w.writerows(log)
+        write_logs(run_dir, log, append=True)
         save_samples(G, sample_imgs, sample_masks, run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", device)
-        plot_curves(log, run_dir / "curves.png")
+        plot_curves(log, run_dir / "curves.png", cfg.size)
+        rngs = all_rng_states(loader_gen, world)  # after every random draw of this epoch (validate draws one)
         atomic_save({"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                      "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "epoch": epoch,
-                     "rng": rng_state(loader_gen), "best": best, "best_G": best_state, "log": log,
-                     "config": dataclasses.asdict(cfg)}, run_dir / "last.pt")  # fmt: skip
+                     "rng": rngs[0], "rng_ranks": rngs, "best": best, "best_G": best_state, "log": log,
+                     "config": dataclasses.asdict(cfg), "commands": commands}, run_dir / "last.pt")  # fmt: skip
+        done = epoch + 1
         print(f"epoch {epoch + 1}/{cfg.epochs}  D {record['loss_d']:.3f}  G_gan {record['loss_g_gan']:.3f}  "
               f"L1 {record['loss_g_l1']:.4f}  val IoU {val_iou:.4f}  Dice {val_dice:.4f}  lr {lr_g:.2e}  "
               f"{record['seconds']:.0f}s (data {t_data:.1f}s)  best {best['val_iou']:.4f}@{best['epoch']}", flush=True)  # fmt: skip
+        if interrupted:  # Ctrl-C while validating or saving: this epoch made it into the checkpoint
+            break
 
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
     if interrupted:
+        if master and done:
+            print(f"interrupted: {run_dir / 'last.pt'} holds epoch {done}/{cfg.epochs}; continue with: "
+                  f"python train.py --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        elif master:
+            print("interrupted in the first epoch, before any checkpoint: nothing to resume", file=sys.stderr)
         return 130
-    if master:
-        out = export(cfg, run_dir, best_state, best)
-        print(f"exported best epoch {best['epoch']} (val IoU {best['val_iou']:.4f}) -> {out}")
-        if cfg.push_to_hub:
+    if not master:
+        return 0
+    out = export(cfg, run_dir, best_state, best,
+                 {"commands": commands, "data": {"train_images": len(train_ds), "val_images": len(val_ds)}})  # fmt: skip
+    print(f"exported best epoch {best['epoch']} (val IoU {best['val_iou']:.4f}) -> {out}")
+    if cfg.push_to_hub:
+        try:
             print(f"pushed to the Hub: {push_to_hub(out, cfg.push_to_hub)}")
+        except Exception as e:  # network, auth, ...: the run itself is complete
+            print(f"push to {cfg.push_to_hub} failed ({type(e).__name__}: {e}); the export is in {out}; retry with: "
+                  f"python train.py --resume {run_dir} --push-to-hub {cfg.push_to_hub}", file=sys.stderr)  # fmt: skip
+            return 1
     return 0
 
 

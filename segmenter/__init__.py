@@ -1,4 +1,5 @@
+from . import mask
 from .config import ModelConfig
 from .inference import Segmenter
 
-__all__ = ["ModelConfig", "Segmenter"]
+__all__ = ["ModelConfig", "Segmenter", "mask"]

@@ -47,10 +47,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def to_binary_mask(img: Image.Image) -> Image.Image:
-    """A mask image -> mode "L" with values 0/255 (foreground where the grey level, or alpha, is above half)."""
+    """A mask image -> mode "L" with values 0/255 (foreground where the grey level, or alpha, is above half).
+
+    Alpha is the mask when it varies; a uniformly opaque alpha (black/white masks saved as RGBA) is ignored.
+    """
     img = ImageOps.exif_transpose(img)
+    alpha = None
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        grey = img.convert("RGBA").getchannel("A")
+        alpha = img.convert("RGBA").getchannel("A")
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        grey = alpha
     elif img.mode.startswith("I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max() > 255 else 255.0
@@ -109,7 +115,7 @@ def pairs_from_csv(csv_path: str | Path, split: str | None = None) -> list[Pair]
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"annotation file not found: {csv_path}")
-    with csv_path.open(newline="") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = {"images", "masks"} - set(reader.fieldnames or [])
         if missing:

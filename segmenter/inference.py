@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image
+from PIL.JpegImagePlugin import JpegImageFile
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -60,6 +61,42 @@ def as_pil(image: ImageLike) -> Image.Image:
     raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
+def _binary(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """HxW probabilities -> uint8 0/255, without the int64 temporary of ``(p >= t) * 255`` (5x faster at 12 MP)."""
+    out = (proba >= threshold).view(np.uint8)
+    out *= 255
+    return out
+
+
+def _open_reduced(image: ImageLike, min_side: int) -> tuple[Image.Image, tuple[int, int]] | None:
+    """A JPEG opened but not yet decoded -> (upright RGB decoded at 1/2-1/8 scale, (W, H) of the upright full photo).
+
+    Decodes through a second handle on the same file or buffer, so the caller's image object is left as it was.
+    None when the draft does not apply (not a lazy JPEG, too small to shrink by 2) or anything about it fails.
+    """
+    if not isinstance(image, JpegImageFile) or not image.tile or getattr(image, "fp", None) is None:
+        return None
+    if getattr(image, "n_frames", 1) != 1:  # MPO (multi-picture) files: seeking to frame 0 would undo the draft
+        return None
+    w, h = image.size
+    if min(w // min_side, h // min_side) < 2:
+        return None
+    try:
+        filename = getattr(image, "filename", "")
+        if filename and Path(filename).is_file():
+            twin = Image.open(filename)
+        else:
+            image.fp.seek(0)
+            twin = Image.open(image.fp)  # Image.load() seeks to its own data, so sharing the buffer is safe
+        if not isinstance(twin, JpegImageFile) or twin.size != image.size:
+            return None
+        twin.draft(twin.mode, (min_side, min_side))
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        return as_pil(twin), ((h, w) if orientation in (5, 6, 7, 8) else (w, h))
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
 def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half: bool = False) -> Path:
     """Write ``model.safetensors`` (+ ``config.json`` recording its sha256) into ``folder``; returns the folder."""
     folder = Path(folder)
@@ -68,7 +105,7 @@ def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half
              for k, v in model.state_dict().items()}  # fmt: skip
     weights = folder / WEIGHTS_NAME
     tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": cfg.arch})
+    save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)
     cfg.meta = {**cfg.meta, "sha256": sha256_file(weights), "dtype": "float16" if half else "float32"}
     cfg.save(folder / CONFIG_NAME)
@@ -130,6 +167,19 @@ class Segmenter:
             raise ValueError(f"{weights}: weights do not fit a {cfg.arch} generator: {e}") from e
         return cls(model, cfg, device)
 
+    def _prepare(self, image: ImageLike) -> tuple[Image.Image, tuple[int, int]]:
+        """One input -> (upright RGB photo for the model, (W, H) of the mask to return), converted once.
+
+        A JPEG opened but not yet decoded (``Image.open(path)``) is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+        DCT scaling, each side still >= the model's input size): a 12 MP photo decodes ~2x faster and resizes
+        ~20x faster, and the mask still comes back at the photo's full size.
+        """
+        reduced = _open_reduced(image, self.cfg.input_size)
+        if reduced is not None:
+            return reduced
+        pil = as_pil(image)
+        return pil, pil.size
+
     def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         s = self.cfg.input_size
         arrs = [np.asarray(im.resize((s, s), Image.BILINEAR, reducing_gap=3.0)) for im in images]
@@ -139,24 +189,34 @@ class Segmenter:
         return ((x - mean) / std).to(self.device)
 
     @torch.inference_mode()
-    def predict_low_res(self, images: Sequence[ImageLike]) -> torch.Tensor:
-        """Images -> (B, S, S) float32 probabilities on the CPU at the model's input size."""
-        pils = [as_pil(im) for im in images]
-        y = self.model(self._batch(pils))  # (B,1,S,S) in [-1,1]
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) normalised batch -> (B, S, S) float32 probabilities on the CPU."""
+        y = self.model(x)  # (B,1,S,S) in [-1,1]
         return ((y[:, 0].float() + 1) / 2).clamp_(0, 1).cpu()
 
     @torch.inference_mode()
+    def predict_low_res(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> (B, S, S) float32 probabilities on the CPU at the model's input size."""
+        return self._forward(self._batch([self._prepare(im)[0] for im in images]))
+
+    @staticmethod
+    def _upsample(low: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(S, S) probabilities -> (H, W) float32 array for ``size`` = (W, H), bilinear."""
+        up = F.interpolate(low[None, None], size=(size[1], size[0]), mode="bilinear", align_corners=False)
+        return up[0, 0].numpy().astype(np.float32, copy=False)
+
+    def _probas(self, images: Sequence[ImageLike], batch_size: int) -> Iterator[np.ndarray]:
+        """Full-size probability maps, one batch of inputs decoded at a time."""
+        images = list(images)
+        for start in range(0, len(images), batch_size):
+            prepared = [self._prepare(im) for im in images[start : start + batch_size]]
+            low = self._forward(self._batch([pil for pil, _ in prepared]))
+            for p, (_, size) in zip(low, prepared, strict=True):
+                yield self._upsample(p, size)
+
     def predict_probas(self, images: Sequence[ImageLike], batch_size: int = 8) -> list[np.ndarray]:
         """Images -> list of HxW float32 probability maps in [0, 1], each at its image's size."""
-        pils = [as_pil(im) for im in images]
-        out: list[np.ndarray] = []
-        for start in range(0, len(pils), batch_size):
-            chunk = pils[start : start + batch_size]
-            low = self.predict_low_res(chunk)
-            for im, p in zip(chunk, low, strict=True):
-                up = F.interpolate(p[None, None], size=(im.height, im.width), mode="bilinear", align_corners=False)
-                out.append(up[0, 0].numpy().astype(np.float32, copy=False))
-        return out
+        return list(self._probas(images, batch_size))
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """One image -> HxW float32 probability map in [0, 1] at the image's size."""
@@ -165,7 +225,7 @@ class Segmenter:
     def get_masks(self, images: Sequence[ImageLike], batch_size: int = 8, threshold: float | None = None) -> list[Image.Image]:
         """Images -> binary masks (PIL "L", 0/255) at each image's size."""
         thr = self.threshold if threshold is None else threshold
-        return [Image.fromarray(((p >= thr) * 255).astype(np.uint8), "L") for p in self.predict_probas(images, batch_size)]
+        return [Image.fromarray(_binary(p, thr), "L") for p in self._probas(images, batch_size)]
 
     def get_mask(self, image: ImageLike, threshold: float | None = None) -> Image.Image:
         """One image -> binary mask (PIL "L", values 0/255) at the image's size."""

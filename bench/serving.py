@@ -1,0 +1,221 @@
+"""The running app under 1, 4 and 16 concurrent gradio_client clients on localhost.
+
+Starts ``app.py`` on a free localhost port (SEGMENTER_MODEL = the weights), then per concurrency level sends a
+bounded number of ``/segment`` requests (each client its own gradio_client.Client, results left on the server):
+throughput, latency p50/p95, errors, and the server's peak RSS (psutil on its pid, sampled every 0.1 s). A soak
+phase then sends ``--requests`` requests at 4 clients and compares the server's RSS after the first 50 with its
+RSS at the end. The model-bound rate, 1 / (the model's batch-1 forward time), is measured in this process with the
+same torch thread count before the app starts (the app runs one photo per model call: no batching).
+
+    .venv/bin/python bench/serving.py                    # 0.3 MP photos, soak of 100 requests (~2 min)
+    .venv/bin/python bench/serving.py --requests 500     # RSS after 50 vs after 500 (several minutes)
+    .venv/bin/python bench/serving.py --quick            # 1 and 4 clients, no soak
+    .venv/bin/python bench/serving.py --app-threads 1    # the app with OMP_NUM_THREADS=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+from common import (
+    Timing,
+    call_segment,
+    gradio_client,
+    jpeg_bytes,
+    markdown_table,
+    ms,
+    print_machine,
+    running_app,
+    time_calls,
+    weights_for,
+    weights_label,
+    write_temp_jpeg,
+)
+
+from segmenter.inference import Segmenter
+
+
+class RssSampler:
+    """Samples a process's RSS in a background thread; ``peak()`` since the last ``reset()``."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self._peak = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        return int(self.proc.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                value = self.rss()
+            except psutil.Error:
+                return
+            with self._lock:
+                self._peak = max(self._peak, value)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._peak = self.rss()
+
+    def peak(self) -> int:
+        with self._lock:
+            return max(self._peak, self.rss())
+
+    def __enter__(self) -> RssSampler:
+        self.reset()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Load:
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall: float = 0.0
+    peak_rss: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall if self.wall else 0.0
+
+
+def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler,
+             on_done: threading.Event | None = None, mark_after: int = 0) -> Load:  # fmt: skip
+    """``requests`` requests from ``clients`` concurrent clients (each its own Client); ``on_done`` is set once
+    ``mark_after`` requests have completed (for the soak's RSS reading)."""
+    result = Load(clients)
+    lock = threading.Lock()
+    remaining = [requests]
+    done = [0]
+    pool_clients = [gradio_client(url, download=False) for _ in range(clients)]
+
+    def worker(client: object) -> None:
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    return
+                remaining[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                call_segment(client, photo)
+                ok, err = True, ""
+            except Exception as e:  # any failure counts as an error of the app under load
+                ok, err = False, f"{type(e).__name__}: {e}"[:200]
+            with lock:
+                if ok:
+                    result.latencies.append(time.perf_counter() - t0)
+                else:
+                    result.errors.append(err)
+                done[0] += 1
+                if on_done is not None and done[0] == mark_after:
+                    on_done.set()
+
+    rss.reset()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, pool_clients))
+    result.wall = time.perf_counter() - start
+    result.peak_rss = rss.peak()
+    return result
+
+
+def model_time(weights: Path, rounds: int) -> Timing:
+    """The generator's batch-1 forward in this process (same torch threads as the app), on a real-size input."""
+    seg = Segmenter.from_pretrained(weights, device="cpu")
+    x = seg._batch([seg._prepare(torch.zeros(3, 480, 640, dtype=torch.uint8))[0]])
+    return time_calls(lambda: seg._forward(x), rounds, warmup=2)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.0f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 and 4 clients, 2 requests per client, no soak")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--per-client", type=int, default=3, help="requests per client at each level (min 8 in all)")
+    p.add_argument("--requests", type=int, default=100, help="soak: requests in all (RSS after 50 vs after this)")
+    p.add_argument("--soak-clients", type=int, default=4)
+    p.add_argument("--mp", type=float, default=0.3, help="photo size in megapixels")
+    p.add_argument("--weights", help="weights folder (default: weights/ if it holds effnet_unet, else random)")
+    p.add_argument("--app-threads", type=int, default=0,
+                   help="torch threads in the app (OMP_NUM_THREADS) and in the model-bound measurement; 0: default")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.app_threads:
+        torch.set_num_threads(args.app_threads)
+    app_env = {"OMP_NUM_THREADS": str(args.app_threads)} if args.app_threads else None
+    if args.quick:
+        args.clients, args.per_client, args.requests = [1, 4], 2, 0
+    weights = weights_for("effnet_unet", override=args.weights)
+    print_machine("Serving: concurrent gradio_client clients against app.py")
+    print(
+        f"weights: {weights_label(weights)}; photo {args.mp:g} MP JPEG; endpoint /segment (mask + cutout PNGs); "
+        f"app torch threads: {args.app_threads or 'default'}\n"
+    )
+    model = model_time(weights, 10)
+    model_rate = 1 / model.p50
+    photo = write_temp_jpeg(jpeg_bytes(args.mp))
+    rows, soak_rows = [], []
+    try:
+        with running_app(weights, env=app_env) as app, RssSampler(app.pid) as rss:
+            run_load(app.url, photo, 1, 2, rss)  # warm-up: first-request costs out of the way
+            idle_rss = rss.rss()
+            for clients in args.clients:
+                load = run_load(app.url, photo, clients, max(8, clients * args.per_client), rss)
+                t = Timing(load.latencies) if load.latencies else None
+                rows.append([str(clients), str(len(load.latencies)), str(len(load.errors)), f"{load.wall:.1f}",
+                             f"{load.throughput:.2f}", f"{load.throughput / model_rate:.2f}x",
+                             ms(t.p50) if t else "–", ms(t.p95) if t else "–", mib(load.peak_rss)])  # fmt: skip
+                if load.errors:
+                    print(f"errors at {clients} clients, first: {load.errors[0]}")
+            if args.requests > 50:
+                marked = threading.Event()
+                after_50: list[int] = []
+                watcher = threading.Thread(target=lambda: (marked.wait(), after_50.append(rss.rss())), daemon=True)
+                watcher.start()
+                soak = run_load(app.url, photo, args.soak_clients, args.requests, rss, marked, mark_after=50)
+                time.sleep(1.0)  # let the last responses' buffers go
+                end = rss.rss()
+                watcher.join(timeout=5)
+                first = after_50[0] if after_50 else end
+                growth = (end - first) / first
+                soak_rows.append([str(args.soak_clients), str(args.requests), str(len(soak.errors)), mib(idle_rss),
+                                  mib(first), mib(end), f"{growth * 100:+.1f}%", mib(soak.peak_rss),
+                                  "met" if growth < 0.10 and not soak.errors else "NOT met"])  # fmt: skip
+    finally:
+        photo.unlink(missing_ok=True)
+    print(f"model-bound rate: 1 / {ms(model.p50)} ms (batch-1 forward p50, this process) = {model_rate:.2f} img/s\n")
+    print("### Concurrent clients (requests bounded per level)\n")
+    print(markdown_table(["clients", "ok", "errors", "wall s", "img/s", "vs model-bound", "p50 ms", "p95 ms",
+                          "server peak RSS MiB"], rows))  # fmt: skip
+    if soak_rows:
+        print("\n### Soak: server RSS\n")
+        print(markdown_table(["clients", "requests", "errors", "idle MiB", "after 50 MiB", "at end MiB", "growth",
+                              "peak MiB", "growth < 10%, no errors"], soak_rows))  # fmt: skip
+    top = max(rows, key=lambda r: int(r[0]))
+    print(
+        f"\nTarget at {top[0]} clients: throughput >= 0.9x model-bound: {top[5]} "
+        f"({'met' if float(top[5][:-1]) >= 0.9 else 'NOT met'}); errors: {top[2]}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The Space (app.py): the real server with tiny weights, called through gradio_client and plain HTTP.
+
+Also unit tests of the app's own pieces (image loading limits, masks from a cached map, batch ZIP) that need no
+server. The server fixture ``app_url`` and the ``tiny_weights`` folder come from conftest.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False, download_files=True)
+
+
+def post_segment(app_url: str, content: bytes | None, name: str = "photo.jpg", **params: str) -> httpx.Response:
+    files = None if content is None else {"file": (name, content, "application/octet-stream")}
+    return httpx.post(f"{app_url}api/segment", files=files, params=params, timeout=60)
+
+
+def assert_binary_mask(path: str | Path, size: tuple[int, int]) -> None:
+    mask = Image.open(path)
+    assert mask.mode == "L" and mask.size == size
+    assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+
+
+# ---------------------------------------------------------------- gradio_client: /segment
+
+
+def test_segment_endpoint_returns_mask_and_cutout(client: Client, example_photo: Path):
+    size = Image.open(example_photo).size
+    mask_path, cutout_path = client.predict(handle_file(example_photo), 0.4, api_name="/segment")
+    assert_binary_mask(mask_path, size)
+    cutout = Image.open(cutout_path)
+    assert cutout.mode == "RGBA" and cutout.size == size
+    assert Path(cutout_path).name.endswith("-cutout.png")
+
+
+def test_segment_threshold_is_optional_and_changes_the_mask(client: Client, tmp_path: Path):
+    photo = tmp_path / "wide.png"  # a non-square, odd-sized photo
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (77, 131, 3), dtype=np.uint8)).save(photo)
+    default_mask, _ = client.predict(image=handle_file(photo), api_name="/segment")
+    assert_binary_mask(default_mask, (131, 77))
+    empty, _ = client.predict(image=handle_file(photo), threshold=0.95, api_name="/segment")
+    full, _ = client.predict(image=handle_file(photo), threshold=0.05, api_name="/segment")
+    assert np.asarray(Image.open(empty)).mean() <= np.asarray(Image.open(full)).mean()
+
+
+def test_only_segment_is_in_the_api(client: Client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/segment"]
+    assert not api["unnamed_endpoints"]
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/segment"]["parameters"]]
+    assert names == ["image", "threshold"]
+
+
+def test_segment_rejects_a_threshold_out_of_range(client: Client, example_photo: Path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="between 0 and 1"):
+        client.predict(handle_file(example_photo), 1.5, api_name="/segment")
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"not an image", "not a readable image"), ("bomb", "megapixels")])
+def test_segment_explains_bad_uploads(client: Client, tmp_path: Path, content, message: str):
+    from gradio_client.exceptions import AppError
+
+    upload = tmp_path / "upload.png"
+    upload.write_bytes(big_blank_png() if content == "bomb" else content)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(upload), api_name="/segment")
+
+
+# ---------------------------------------------------------------- plain HTTP: POST /api/segment
+
+
+@pytest.mark.parametrize(("output", "mode"), [("cutout", "RGBA"), ("mask", "L"), ("overlay", "RGB"), (None, "RGBA")])
+def test_http_segment_outputs(app_url: str, example_photo: Path, output: str | None, mode: str):
+    params = {} if output is None else {"output": output}
+    r = post_segment(app_url, example_photo.read_bytes(), **params)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert 0.0 <= float(r.headers["x-person-share"]) <= 1.0
+    image = Image.open(io.BytesIO(r.content))
+    assert image.mode == mode and image.size == Image.open(example_photo).size
+    if output == "mask":
+        assert_binary_mask(io.BytesIO(r.content), image.size)
+
+
+def big_blank_png() -> bytes:
+    """A tiny file that decodes to more pixels than MAX_PIXELS (a decompression bomb in miniature)."""
+    side = int(app.MAX_PIXELS**0.5) + 64
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "params", "status", "message"),
+    [
+        (b"", "empty.jpg", {}, 400, "empty"),
+        (b"this is not an image\n", "notes.png", {}, 415, "not a readable image"),
+        (None, "", {}, 400, "field 'file'"),
+        (b"JPEG", "photo.jpg", {"output": "thumbnail"}, 400, "output must be one of"),
+        (b"JPEG", "photo.jpg", {"threshold": "high"}, 422, "threshold"),
+        (b"JPEG", "photo.jpg", {"threshold": "1.5"}, 400, "threshold"),
+        ("truncated", "cut.jpg", {}, 415, "not a readable image"),
+        ("bomb", "huge.png", {}, 413, "megapixels"),
+        ("oversized", "big.jpg", {}, 413, "MB"),
+    ],
+)
+def test_http_bad_input_gets_4xx_json_and_the_server_lives_on(
+    app_url: str, example_photo: Path, content, name: str, params: dict, status: int, message: str
+):
+    photo = example_photo.read_bytes()
+    content = {
+        "truncated": photo[: len(photo) // 3],
+        "bomb": big_blank_png(),
+        "oversized": b"\0" * (app.MAX_UPLOAD_BYTES + 2**17),
+    }.get(content, content)
+    r = post_segment(app_url, content, name, **params)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert message in r.json()["error"]
+    assert post_segment(app_url, photo).status_code == 200  # the next valid request works
+
+
+def test_http_non_multipart_body_is_a_400(app_url: str):
+    r = httpx.post(f"{app_url}api/segment", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(
+        f"{app_url}api/segment", content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_ui_page_is_served(app_url: str):
+    r = httpx.get(app_url, timeout=30)
+    assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+# ---------------------------------------------------------------- app pieces, no server
+
+
+def test_load_image_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30)).save(photo)
+    assert app.load_image(photo).size == (40, 30)
+    monkeypatch.setattr(app, "MAX_PIXELS", 1000)
+    with pytest.raises(app.InputError, match="megapixels") as e:
+        app.load_image(photo)
+    assert e.value.status == 413
+    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(app.InputError, match="MB") as e:
+        app.load_image(photo.read_bytes())
+    assert e.value.status == 413
+
+
+def test_load_image_applies_exif_orientation(tmp_path: Path):
+    photo = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    Image.new("RGB", (60, 20)).save(photo, exif=exif)
+    assert app.load_image(photo).size == (20, 60)
+
+
+def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path):
+    image_path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(image_path)
+    prob = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # left 0 ... right 255
+    photo = {"path": str(image_path)}  # the raw payload of the gr.Image (its events run with preprocess=False)
+    settings = (0.5, False, True, 0.0, "Transparent", "#00ff00", 2.0, None)
+    mask_half, cutout_path, *_, text = app.rerender(str(tmp_path), photo, prob, *settings)
+    mask_most, *_ = app.rerender(str(tmp_path), photo, prob, 0.1, *settings[1:])
+    share = lambda p: (np.asarray(Image.open(p)) > 0).mean()  # noqa: E731
+    assert share(mask_half) == pytest.approx(0.5, abs=0.03) and share(mask_most) == pytest.approx(0.9, abs=0.03)
+    assert Image.open(cutout_path).mode == "RGBA"
+    assert "Person share" in text
+    coloured = app.rerender(str(tmp_path), photo, prob, *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None)
+    composite = Image.open(coloured[4].value["path"])  # the DownloadButton's file
+    assert np.asarray(composite)[24, 2].tolist() == pytest.approx([0, 255, 0], abs=8)
+    skipped = app.rerender(str(tmp_path), photo, None, *settings)  # nothing segmented yet
+    assert len(skipped) == 6
+
+
+def test_make_mask_reports_no_person():
+    result = app.make_mask(np.full((30, 40), 20, np.uint8), app.Cleanup(0.5))
+    assert result.share == 0 and result.warning and "No person" in result.warning
+    assert result.mask.size == (40, 30)
+
+
+def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path):
+    photos = []
+    for i, size in enumerate([(50, 40), (33, 71)]):
+        photos.append(tmp_path / f"p{i}.jpg")
+        Image.new("RGB", size, (200, 100, 50)).save(photos[-1])
+    (tmp_path / "bad.png").write_text("not an image")
+    predict = lambda image: np.full((256, 256), 0.9, np.float32)  # noqa: E731
+    rows = app.run_batch(predict, [*photos, tmp_path / "bad.png"], app.Cleanup(0.5), tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        names = set(zf.namelist())
+        assert names == {"masks/001_p0.png", "cutouts/001_p0.png", "masks/002_p1.png", "cutouts/002_p1.png",
+                         "figures.csv"}  # fmt: skip
+        assert Image.open(io.BytesIO(zf.read("cutouts/002_p1.png"))).size == (33, 71)
+        table = list(csv.DictReader(io.StringIO(zf.read("figures.csv").decode())))
+    assert [r["file"] for r in table] == ["p0.jpg", "p1.jpg", "bad.png"]
+    assert float(table[0]["person_share"]) == pytest.approx(1.0) and "not a readable image" in table[2]["note"]
+    assert len(rows) == 3
+
+
+def test_missing_weights_exit_with_instructions(tmp_path: Path):
+    with pytest.raises(app.MissingWeightsError, match=r"train\.py"):
+        app.load_segmenter(tmp_path)
+    env = {**os.environ, "SEGMENTER_MODEL": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "train.py --preset cpu --export-to weights/" in proc.stderr and "SEGMENTER_MODEL" in proc.stderr

@@ -1,0 +1,87 @@
+"""The evaluation CLI on a tiny CSV dataset made on the spot."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT, make_tiny_weights, write_dataset
+from PIL import Image
+
+from segmenter.data import load_pairs
+from segmenter.evaluate import main
+from segmenter.inference import Segmenter
+from segmenter.metrics import evaluate
+
+SPLITS = ["test", "train", "test", "val", "test", "test", "test", "test"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sizes = [(40 + 7 * i, 90 - 5 * i) for i in range(len(SPLITS))]
+    return write_dataset(tmp_path_factory.mktemp("ds"), sizes, SPLITS)
+
+
+@pytest.fixture(scope="module")
+def all_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_weights(tmp_path_factory.mktemp("on"), constant=5.0)
+
+
+def table_value(out: str, label: str) -> float:
+    match = re.search(rf"^\| {re.escape(label)} \| ([0-9.]+) \|$", out, re.M)
+    assert match, f"no {label} row in:\n{out}"
+    return float(match.group(1))
+
+
+def test_cli_reports_hand_checkable_scores(
+    dataset: Path, all_on: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model that marks every pixel as person scores IoU = accuracy = person's share of each photo.
+    out_csv = tmp_path / "scores" / "per_image.csv"
+    assert main([str(all_on), "--data", str(dataset), "--split", "test", "--csv", str(out_csv), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    test_pairs = [i for i, s in enumerate(SPLITS) if s == "test"]
+    shares = {i: (np.asarray(Image.open(dataset.parent / "masks" / f"{i}.png")) > 127).mean() for i in test_pairs}
+    assert f"{len(test_pairs)} images" in out
+    assert table_value(out, "mIoU") == pytest.approx(np.mean(list(shares.values())), abs=1e-4)
+    assert table_value(out, "accuracy") == pytest.approx(np.mean(list(shares.values())), abs=1e-4)
+    assert table_value(out, "Dice") == pytest.approx(np.mean([2 * s / (s + 1) for s in shares.values()]), abs=1e-4)
+    # The five worst by IoU, worst first.
+    worst = re.findall(r"^\| images/(\d+)\.jpg \| ([0-9.]+) \|", out, re.M)  # relative to the CSV's folder
+    assert [int(i) for i, _ in worst] == sorted(shares, key=shares.get)[:5]
+    with out_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["image"]).name for r in rows] == [f"{i}.jpg" for i in test_pairs]
+    assert [float(r["iou"]) for r in rows] == pytest.approx([shares[i] for i in test_pairs])
+
+
+def test_cli_matches_metrics_evaluate(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = make_tiny_weights(tmp_path / "w", seed=3)
+    assert main([str(weights), "--data", str(dataset), "--split", "all", "--threshold", "0.5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    means, _ = evaluate(Segmenter.from_pretrained(weights, "cpu"), load_pairs(dataset), threshold=0.5, progress=False)
+    assert f"{len(SPLITS)} images" in out
+    for label, key in [("mIoU", "iou"), ("Dice", "dice"), ("accuracy", "accuracy"), ("boundary-F", "boundary_f")]:
+        assert table_value(out, label) == pytest.approx(means[key], abs=1e-4)
+
+
+def test_cli_errors(dataset: Path, all_on: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(all_on), "--data", str(dataset), "--split", "holdout"]) == 2
+    assert "no rows with split 'holdout'" in capsys.readouterr().err
+    assert main([str(tmp_path), "--data", str(dataset)]) == 2
+    assert "no model.safetensors in" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([str(all_on), "--data", str(dataset), "--threshold", "1.5"])
+    assert e.value.code == 2
+
+
+def test_runs_as_a_module(dataset: Path, all_on: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "segmenter.evaluate", str(all_on), "--data", str(dataset), "--no-progress"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "| mIoU |" in out.stdout and "Worst 5 by IoU" in out.stdout

@@ -1,0 +1,495 @@
+"""train.py on the CPU: options, run artefacts, resume determinism, crash safety, Ctrl-C, bad data, Hub (offline), DDP.
+
+Every run trains a tiny pix2pix U-Net (ngf 8, 64x64) on a synthetic dataset of 6 train / 2 val / 2 test photos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fnmatch
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from train_helpers import ROOT, SPLITS, assert_same_tensors, checkpoint, make_dataset, only_run, tiny_args
+
+import train
+from segmenter.inference import Segmenter, sha256_file
+from segmenter.model import build_generator
+
+TOKEN = "hf_secret_test_value"
+RUN_FILES = ["config.json", "log.jsonl", "metrics.csv", "last.pt", "samples/epoch_001.png", "curves.png",
+             "export/model.safetensors", "export/config.json", "export/README.md"]  # fmt: skip
+LOG_KEYS = {"epoch", "loss_d", "loss_g_gan", "loss_g_l1", "lr_g", "lr_d", "val_iou", "val_dice", "val_l1", "seconds"}
+
+# A training process whose steps each take 0.2 s longer (the math is untouched), so that a signal sent
+# right after epoch 1's checkpoint lands in the middle of epoch 2.
+SLOW_TRAIN = """
+import sys, time
+import train
+l1_loss = train.F.l1_loss
+def slow_l1_loss(*args, **kwargs):
+    time.sleep(0.2)
+    return l1_loss(*args, **kwargs)
+train.F.l1_loss = slow_l1_loss
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+# ------------------------------------------------------------------ helpers and fixtures
+@contextlib.contextmanager
+def torch_state_kept() -> Iterator[None]:
+    """Restore torch's thread count and the global RNGs that train.main sets."""
+    threads, rngs = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rngs[0])
+        np.random.set_state(rngs[1])
+        random.setstate(rngs[2])
+
+
+def run_main(argv: list[str]) -> int:
+    """train.main in this process; checks that it leaves the SIGINT handler as it found it."""
+    handler = signal.getsignal(signal.SIGINT)
+    with torch_state_kept():
+        code = train.main(argv)
+    assert signal.getsignal(signal.SIGINT) is handler
+    return code
+
+
+def records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def start_slow_training(argv: list[str], logs: Path) -> subprocess.Popen:
+    """train.py with SLOW_TRAIN in a subprocess; stdout/stderr go to logs/{out,err}.txt."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "out.txt", "w") as out, open(logs / "err.txt", "w") as err:
+        return subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *argv], cwd=ROOT, stdout=out, stderr=err)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out_dir: Path, logs: Path, timeout: float = 120) -> Path:
+    """The run folder, once its first checkpoint has landed (the process still running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(out_dir.glob("*/last.pt"))
+        if found:
+            return found[0].parent
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no checkpoint (exit {proc.poll()}): {(logs / 'err.txt').read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a one-epoch run (do not modify: copy it)."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    assert run_main(tiny_args(data, out)) == 0
+    return only_run(out)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of the same run trained for two epochs straight: the reference for resumed runs."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    assert run_main(tiny_args(data, out, "--epochs", "2")) == 0
+    return only_run(out)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Bit-identical G and D, optimiser moments, the same exported weights and the same per-epoch losses."""
+    a, b = checkpoint(run), checkpoint(reference)
+    for key in ("G", "D", "best_G"):
+        assert_same_tensors(a[key], b[key])
+    assert_same_tensors(a["opt_g"]["state"][0], b["opt_g"]["state"][0])
+    # Tensors, not file hashes: safetensors writes its metadata in no fixed order.
+    assert_same_tensors(load_file(run / "export/model.safetensors"), load_file(reference / "export/model.safetensors"))
+    drop = ("seconds", "data_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in records(run)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in records(reference)
+    ]
+
+
+# ------------------------------------------------------------------ options
+def test_defaults_presets_and_overrides() -> None:
+    assert train.parse_args([]) == train.TrainConfig()
+    assert train.parse_args(["--epochs", "3"]) == dataclasses.replace(train.TrainConfig(), epochs=3)
+    # The preset of the shipped weights must not drift: a run of it is being reproduced.
+    assert train.PRESETS["cpu"] == {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
+                                    "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95,
+                                    "batch_size": 8}  # fmt: skip
+    cpu = train.parse_args(["--preset", "cpu"])
+    assert cpu == dataclasses.replace(train.TrainConfig(), preset="cpu", **train.PRESETS["cpu"])
+    for argv in (["--preset", "cpu", "--epochs", "3"], ["--epochs", "3", "--preset", "cpu"]):
+        assert train.parse_args(argv) == dataclasses.replace(cpu, epochs=3)
+    flags = train.parse_args(["--no-amp", "--half"])
+    assert (flags.amp, flags.half) == (False, True)
+
+
+@pytest.mark.parametrize("argv", [["--epoch-count", "3"], ["--epochs", "three"], ["--arch", "resnet"],
+                                  ["--preset", "gpu"], ["--size", "100"], ["--arch", "effnet_unet", "--size", "80"]])  # fmt: skip
+def test_bad_options_are_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_its_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    entries = {chunk.split()[0].rstrip(","): chunk for chunk in re.split(r"\n(?=  -)", text) if chunk.strip()}
+    for f in dataclasses.fields(train.TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert f"(default: {getattr(train.TrainConfig(), f.name)})" in entries[flag], entries.get(flag)
+
+
+def test_model_config_fits_the_unet_to_the_size() -> None:
+    for size, downs in ((256, 8), (64, 6), (32, 5)):
+        mcfg = train.model_config(train.parse_args(["--size", str(size), "--ngf", "4"]))
+        assert (mcfg.num_downs, mcfg.input_size) == (downs, size)
+        out = build_generator(mcfg).eval()(torch.zeros(1, 3, size, size))
+        assert out.shape == (1, 1, size, size)
+    assert train.model_config(train.parse_args(["--preset", "cpu"])).num_downs == 8  # unused by effnet_unet
+
+
+def test_resume_config_keeps_the_run_and_allows_only_safe_changes() -> None:
+    saved = dataclasses.asdict(train.TrainConfig(run_id="r", epochs=2, lr=1e-3, batch_size=4, device="cuda", threads=8))
+    argv = ["--resume", "runs/r", "--epochs", "5", "--lr", "0.001", "--threads", "2", "--run-id", "r"]
+    cfg = train.resume_config(saved, train.parse_args(argv), train.given_options(argv))
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.run_id, cfg.resume) == (5, 1e-3, 4, "r", "runs/r")
+    assert (cfg.threads, cfg.device, cfg.export_to) == (2, "auto", "")  # this machine's, this command's
+    for argv in (["--resume", "runs/r", "--lr", "0.01"], ["--resume", "runs/r", "--preset", "cpu"]):
+        with pytest.raises(SystemExit, match=argv[2]):
+            train.resume_config(saved, train.parse_args(argv), train.given_options(argv))
+
+
+# ------------------------------------------------------------------ a run and its artefacts
+def test_one_epoch_run_writes_every_artefact(one_epoch: Path) -> None:
+    run = one_epoch
+    assert [name for name in RUN_FILES if not (run / name).is_file()] == []
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    (record,) = records(run)
+    assert record.keys() >= LOG_KEYS and record["epoch"] == 1
+    assert record["loss_g_l1"] > 0 and record["loss_d"] > 0 and record["seconds"] > 0
+    assert 0 <= record["val_iou"] <= 1 and 0 <= record["val_dice"] <= 1
+    with open(run / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["val_iou"]) == pytest.approx(record["val_iou"])
+    assert checkpoint(run)["epoch"] == 0
+    with Image.open(run / "samples/epoch_001.png") as grid:  # photo | prediction | truth, for 2 val images
+        assert grid.size == (3 * 66 + 2, 2 * 66 + 2)
+    with Image.open(run / "curves.png") as curves:
+        assert curves.width > 100
+
+    seg = Segmenter.from_pretrained(run / "export", device="cpu")
+    assert (seg.cfg.arch, seg.cfg.num_downs, seg.cfg.input_size, seg.cfg.meta["dtype"]) == (
+        "pix2pix_unet",
+        6,
+        64,
+        "float32",
+    )
+    assert seg.cfg.meta["sha256"] == sha256_file(run / "export/model.safetensors")
+    mask = seg.get_mask(np.full((50, 40, 3), 128, np.uint8))
+    assert mask.size == (40, 50) and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_model_card_renders_the_run(one_epoch: Path, data: Path) -> None:
+    card = (one_epoch / "export/README.md").read_text()
+    meta = json.loads((one_epoch / "export/config.json").read_text())["meta"]
+    assert card.startswith("---\nlicense: mit\n") and "{" not in card and "}" not in card
+    command = shlex.join(["python", "train.py", *tiny_args(data, one_epoch.parent)])  # main's argv, not pytest's
+    assert meta["commands"] == [command] and f"Training ID `{one_epoch.name}`, preset `seed`: `{command}`." in card
+    assert f"sha256 `{meta['sha256']}`" in card and "(float32)" in card
+    for split in ("val", "test"):
+        m = meta["metrics"][split]
+        assert f"| {split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
+    assert "70x70 PatchGAN discriminator (ndf 8), GAN weight 1.0 + L1 x 100.0" in card
+    assert "1 epochs, batch 2" in card and "(epoch 1)" in card and "Input: an RGB photo resized to 64x64," in card
+    assert "6 training and 2 validation photos" in card and "Human Segmentation Dataset" not in card
+
+
+def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
+    cfg = train.parse_args(["--preset", "cpu", "--run-id", "cpu-run"])
+    mcfg = train.model_config(cfg)
+    mcfg.meta = {"dtype": "float32", "sha256": "0" * 64, "best_epoch": 30, "commands": ["python train.py --preset cpu"],
+                 "data": {"train_images": 230, "val_images": 30},
+                 "metrics": {"val": {"images": 30, "iou": 0.9, "dice": 0.95, "accuracy": 0.97, "boundary_f": 0.8}}}  # fmt: skip
+    train.write_card(tmp_path, cfg, mcfg)
+    card = (tmp_path / "README.md").read_text()
+    assert "datasets: [Human-Segmentation-Dataset]\npipeline_tag: image-segmentation\n" in card
+    assert "| val | 30 | 0.9000 | 0.9500 | 0.9700 | 0.8000 |" in card and "Trained on 230 photos" in card
+    assert "Training ID `cpu-run`, preset `cpu`: `python train.py --preset cpu`." in card
+    assert "(ndf 32), GAN weight 1.0 + L1 x 100.0" in card and "35 epochs, batch 8, augmentation `strong`" in card
+    assert "The Human Segmentation Dataset (290 photos" in card and "{" not in card
+
+
+def test_a_finished_run_folder_is_not_overwritten(one_epoch: Path, data: Path) -> None:
+    before = (one_epoch / "log.jsonl").read_text()
+    with pytest.raises(SystemExit, match="--resume"):
+        run_main(tiny_args(data, one_epoch.parent, "--run-id", one_epoch.name))
+    assert (one_epoch / "log.jsonl").read_text() == before
+
+
+def test_l1_only_half_export_to(data: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "weights"
+    assert run_main(tiny_args(data, tmp_path / "runs", "--gan-weight", "0", "--half", "--export-to", str(dest))) == 0
+    run = only_run(tmp_path / "runs")
+    (record,) = records(run)
+    assert record["loss_d"] == 0 and record["loss_g_gan"] == 0 and record["loss_g_l1"] > 0
+    for name in train.EXPORT_FILES:
+        assert (dest / name).read_bytes() == (run / "export" / name).read_bytes()
+    assert {v.dtype for v in load_file(dest / "model.safetensors").values() if v.is_floating_point()} == {torch.float16}
+    seg = Segmenter.from_pretrained(dest, device="cpu")
+    assert seg.cfg.meta["dtype"] == "float16"
+    # The fp16 file is the best epoch's generator.
+    ref = build_generator(seg.cfg)
+    ref.load_state_dict(checkpoint(run)["best_G"])
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(seg.model(x), ref.eval()(x), atol=1e-2)
+    card = (dest / "README.md").read_text()
+    assert "L1 loss only (x 100.0, no discriminator)" in card and "(float16)" in card
+
+
+@pytest.mark.parametrize("fault", ["missing", "unreadable"])
+def test_a_bad_mask_stops_training_before_it_starts(fault: str, data: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(data.parent, tmp_path / "data"))
+    bad = root / "masks" / "7.png"  # a val row
+    if fault == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    with pytest.raises(SystemExit, match=re.escape(str(bad))):
+        run_main(tiny_args(root / "data.csv", tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ determinism and resume
+def test_the_same_seed_gives_the_same_weights(two_epochs: Path, data: Path, tmp_path: Path) -> None:
+    assert run_main(tiny_args(data, tmp_path, "--epochs", "2")) == 0
+    assert_same_run(only_run(tmp_path), two_epochs)
+
+
+def test_resume_with_more_epochs_equals_training_straight(one_epoch: Path, two_epochs: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(one_epoch, tmp_path / "moved" / one_epoch.name))  # resumes where the checkpoint is
+    assert not torch.equal(
+        checkpoint(run)["G"]["model.model.0.weight"], checkpoint(two_epochs)["G"]["model.model.0.weight"]
+    )
+    assert run_main(["--resume", str(run), "--epochs", "2", "--threads", "1"]) == 0
+    assert_same_run(run, two_epochs)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert "resumed with `python train.py --resume" in (run / "export/README.md").read_text()
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+
+
+def test_resume_refuses_to_change_the_training(one_epoch: Path) -> None:
+    with pytest.raises(SystemExit, match=re.escape("--lr 0.1 (the run has 0.0002)")):
+        run_main(["--resume", str(one_epoch), "--epochs", "2", "--lr", "0.1"])
+
+
+# ------------------------------------------------------------------ crashes and Ctrl-C
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["OSError", "KeyboardInterrupt"])
+def test_atomic_save_failure_keeps_the_previous_checkpoint(error: BaseException, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    path = tmp_path / "last.pt"
+    train.atomic_save({"epoch": 0, "w": torch.arange(1000)}, path)
+
+    def failing_save(obj: Any, f: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(type(error)):
+        train.atomic_save({"epoch": 1}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_sigkill_while_saving_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    train.atomic_save({"epoch": 0, "w": torch.arange(1000)}, path)
+    killed_mid_write = (
+        "import os, signal, sys, torch, train\n"
+        "def dying_save(obj, f):\n"
+        "    f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.save = dying_save\n"
+        "train.atomic_save({'epoch': 1}, __import__('pathlib').Path(sys.argv[1]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", killed_mid_write, str(path)], cwd=ROOT, capture_output=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert [p.read_bytes() for p in tmp_path.glob(".last.pt.*.tmp")] == [b"half a checkpoint"]  # it died mid-write
+    assert torch.load(path, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
+    two_epochs: Path, data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs"
+    proc = start_slow_training(tiny_args(data, out, "--epochs", "2"), tmp_path)
+    run = wait_for_checkpoint(proc, out, tmp_path)
+    time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert checkpoint(run)["epoch"] == 0 and len(records(run)) == 1  # killed in epoch 2
+    # As if it had also died between logging epoch 2 and saving its checkpoint, or while saving it:
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps({**records(run)[0], "epoch": 2}) + "\n")
+    (run / ".last.pt.12345.tmp").write_bytes(b"half a checkpoint")
+    assert run_main(["--resume", str(run), "--threads", "1"]) == 0
+    assert_same_run(run, two_epochs)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_ctrl_c_exits_130_keeping_the_checkpoint(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    proc = start_slow_training(tiny_args(data, out, "--epochs", "3"), tmp_path)
+    run = wait_for_checkpoint(proc, out, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = (tmp_path / "err.txt").read_text()
+    assert "Traceback" not in err
+    assert f"holds epoch 1/3; continue with: python train.py --resume {run}" in err
+    assert checkpoint(run)["epoch"] == 0 and len(records(run)) == 1
+    assert not (run / "export").exists()
+
+
+# ------------------------------------------------------------------ the Hub, offline
+class FakeHub:
+    """Stands in for HfApi.create_repo / upload_folder, recording what would be sent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        from huggingface_hub import HfApi
+
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.sent: dict[str, bytes] = {}
+        hub = self
+
+        def create_repo(self: HfApi, repo_id: str, **kwargs: Any) -> None:
+            if fail:
+                raise ConnectionError("no network")
+            hub.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        def upload_folder(self: HfApi, **kwargs: Any) -> SimpleNamespace:
+            hub.calls.append(("upload_folder", kwargs))
+            folder = Path(kwargs["folder_path"])
+            hub.sent = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()
+                        and any(fnmatch.fnmatch(p.name, pat) for pat in kwargs.get("allow_patterns") or ["*"])}  # fmt: skip
+            return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/{'0' * 40}")
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def test_push_to_hub_sends_the_export_and_never_the_token(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub = FakeHub(monkeypatch)
+    assert run_main(tiny_args(data, tmp_path / "runs", "--push-to-hub", "user/repo")) == 0
+    run = only_run(tmp_path / "runs")
+    assert [name for name, _ in hub.calls] == ["create_repo", "upload_folder"]
+    assert hub.calls[0][1] == {"repo_id": "user/repo", "repo_type": "model", "exist_ok": True}
+    upload = hub.calls[1][1]
+    assert (upload["repo_id"], upload["repo_type"], Path(upload["folder_path"])) == (
+        "user/repo",
+        "model",
+        run / "export",
+    )
+    assert sorted(hub.sent) == sorted(train.EXPORT_FILES)
+    assert json.loads(hub.sent["config.json"])["meta"]["sha256"] == sha256_file(run / "export/model.safetensors")
+    assert f"Training ID `{run.name}`" in hub.sent["README.md"].decode()
+    output = capsys.readouterr()
+    assert "pushed to the Hub: https://huggingface.co/user/repo/commit/" in output.out
+    leaks = [p for p in run.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    leaks += [name for name, body in hub.sent.items() if TOKEN.encode() in body]
+    assert leaks == [] and TOKEN not in output.out + output.err
+
+
+def test_a_failed_push_is_retried_with_resume(one_epoch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    run = Path(shutil.copytree(one_epoch, tmp_path / one_epoch.name))
+    FakeHub(monkeypatch, fail=True)
+    assert run_main(["--resume", str(run), "--push-to-hub", "user/repo"]) == 1
+    assert f"retry with: python train.py --resume {run} --push-to-hub user/repo" in capsys.readouterr().err
+    hub = FakeHub(monkeypatch)
+    assert run_main(["--resume", str(run), "--push-to-hub", "user/repo"]) == 0
+    assert sorted(hub.sent) == sorted(train.EXPORT_FILES)
+    assert len(records(run)) == 1  # nothing retrained
+
+
+def test_hub_repo_id_loads_from_an_offline_cache(one_epoch: Path, tmp_path: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--user--repo"
+    shutil.copytree(one_epoch / "export", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    predict = ("from segmenter import Segmenter\nimport numpy as np\n"
+               "seg = Segmenter.from_pretrained('user/repo', device='cpu')\n"
+               "image = np.arange(48 * 40 * 3, dtype=np.uint8).reshape(48, 40, 3)\n"
+               "print(seg.info()['run_id'], repr(float(seg.predict_proba(image).sum())))\n")  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "home"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", predict], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = np.arange(48 * 40 * 3, dtype=np.uint8).reshape(48, 40, 3)
+    local = Segmenter.from_pretrained(one_epoch / "export", device="cpu").predict_proba(image)
+    assert proc.stdout.split() == [one_epoch.name, repr(float(local.sum()))]
+
+
+# ------------------------------------------------------------------ DDP
+@pytest.mark.slow
+def test_torchrun_two_processes(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    # Batch 4: each process has 3 of the 6 training images, so dropping the last partial batch would leave none.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *tiny_args(data, out, "--batch-size", "4")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout and proc.stdout.count("exported best epoch") == 1
+    run = only_run(out)
+    (record,) = records(run)  # rank 0 alone logs
+    assert record["loss_g_l1"] > 0 and record["loss_d"] > 0
+    assert [name for name in RUN_FILES if not (run / name).is_file()] == []
+    Segmenter.from_pretrained(run / "export", device="cpu")
