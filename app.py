@@ -16,6 +16,7 @@ except ImportError:
 
 import csv
 import io
+import json
 import logging
 import os
 import sys
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segmenter import blend, refine
 from segmenter.data import to_rgb
@@ -67,11 +69,13 @@ MIN_SHARE = 0.005  # a mask covering less of the photo than this means "no perso
 MIN_CONFIDENCE = 0.75  # mean probability inside the mask below this: "low confidence"
 PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
 LIVE_SIDE = 480  # webcam frames are shrunk to this before segmenting
+SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 LIVE_MAX_SECONDS = 0.25  # LIVE_WEBCAM=auto: the model must be this fast on a frame
 BACKGROUNDS = ("Transparent", "Colour", "Blurred photo", "Image")
 TRAIN_COMMAND = "python train.py --preset cpu --export-to weights/"
 SEGMENT_API_NAME = "segment"
 HTTP_OUTPUTS = ("cutout", "mask", "overlay")
+GRADIO_API = "/gradio_api/"
 CSV_COLUMNS = ["file", "width", "height", "person_share", "confidence", "seconds", "note"]
 CSS = """
 #stats { min-height: 3em; }
@@ -677,13 +681,86 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def replay(body: bytes) -> Callable:
-    """An ASGI ``receive`` that hands over an already-read body (to parse it as a form)."""
+def replay(body: bytes, receive: Receive | None = None) -> Receive:
+    """An ASGI ``receive`` that hands over an already-read body, then defers to ``receive`` (e.g. for disconnects)."""
+    sent = False
 
-    async def receive() -> dict:
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent and receive is not None:
+            return await receive()
+        sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replayed
+
+
+# ---------------------------------------------------------------- files: uploads only
+
+
+def is_http_url(text: str) -> bool:
+    return text[:8].lower().startswith(("http://", "https://"))
+
+
+def names_foreign_file(payload: object, upload_dir: Path) -> bool:
+    """Whether a request's JSON names a file (a ``{"path": ...}`` object) that is not in ``upload_dir``."""
+    stack = [payload]
+    while stack:  # iterative: deeply nested JSON cannot exhaust the stack
+        item = stack.pop()
+        if isinstance(item, dict):
+            path = item.get("path")
+            if isinstance(path, str):
+                try:
+                    if not Path(os.path.realpath(path)).is_relative_to(upload_dir):
+                        return True
+                except ValueError:  # e.g. a NUL byte in the path
+                    return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class UploadsOnly:
+    """ASGI middleware: the Gradio API only ever reads files that were uploaded to this server.
+
+    Gradio copies any server path named in an API request (``{"path": "/etc/passwd", ...}``) into its cache and
+    downloads http(s) URLs there; a mounted app (``gr.mount_gradio_app``) even skips Gradio's own check that inputs
+    were uploaded. So every POST under ``/gradio_api/`` except the upload route itself is refused (400) when its
+    JSON names a file outside Gradio's upload folder, and ``/gradio_api/file=<URL>`` (a fetching proxy) is refused
+    (403): the server never fetches a URL.
+    """
+
+    def __init__(self, app: ASGIApp, upload_dir: str | Path) -> None:
+        self.app = app
+        self.upload_dir = Path(os.path.realpath(upload_dir))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = None
+        if scope["type"] == "http" and scope["path"].startswith(GRADIO_API):
+            refusal, receive = await self.check(scope, receive)
+        await (refusal or self.app)(scope, receive, send)
+
+    async def check(self, scope: Scope, receive: Receive) -> tuple[Response | None, Receive]:
+        """(the refusal, or None to pass the request on; the ``receive`` to pass it on with)."""
+        path = scope["path"]
+        if path.startswith((f"{GRADIO_API}file=", f"{GRADIO_API}file/")) and is_http_url(path[len(GRADIO_API) + 5 :]):
+            log.warning("Refused %s %r: the server does not fetch URLs", scope["method"], path[:200])
+            return json_error(403, "This server does not fetch URLs."), receive
+        if scope["method"] != "POST" or path.rstrip("/") == f"{GRADIO_API}upload":
+            return None, receive
+        body = await read_body(Request(scope, receive), MAX_UPLOAD_BYTES)
+        if body is None:
+            return json_error(413, f"The request is larger than the {MAX_UPLOAD_MB:g} MB limit."), receive
+        try:
+            payload = json.loads(body) if body else None
+        except (ValueError, RecursionError):
+            payload = None  # not JSON: Gradio answers it (its JSON routes use the same parser)
+        if names_foreign_file(payload, self.upload_dir):
+            log.warning("Refused POST %s: it names a file that was not uploaded (a server path or URL)", path)
+            message = "Files must be uploaded first (gradio_client: handle_file); server paths and URLs are refused."
+            return json_error(400, message), receive
+        return None, replay(body, receive)
 
 
 # ---------------------------------------------------------------- server
@@ -696,6 +773,9 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     demo = build_demo(seg, predict)
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     add_http_api(app, predict, seg.threshold)
+    app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE)
+    # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
+    # library internals) stays in the server log.
     return gr.mount_gradio_app(app, demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=True,
                                theme=gr.themes.Soft(), css=CSS)  # fmt: skip
 
@@ -708,7 +788,10 @@ def main() -> None:
         sys.exit(f"error: {e}")
     except Exception as e:  # a corrupt file, an unknown Hub repo, no network...: say what and stop
         sys.exit(f"error: could not load the model from {MODEL_ID!r} (SEGMENTER_MODEL): {e}")
-    uvicorn.run(app, host=os.getenv("GRADIO_SERVER_NAME", "0.0.0.0"), port=int(os.getenv("GRADIO_SERVER_PORT", "7860")))
+    # A bounded graceful shutdown: open browser tabs and gradio_client heartbeats never close by themselves, and
+    # without a timeout a SIGTERM would wait for them until a SIGKILL, skipping Gradio's cache clean-up.
+    uvicorn.run(app, host=os.getenv("GRADIO_SERVER_NAME", "0.0.0.0"), port=int(os.getenv("GRADIO_SERVER_PORT", "7860")),
+                )  # fmt: skip
 
 
 if __name__ == "__main__":

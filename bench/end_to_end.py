@@ -5,7 +5,8 @@ decode (JPEG bytes -> upright RGB, through ``Segmenter._prepare``: draft-mode de
 (to the model's 256x256 input, normalised), model (the generator's forward), upsample (bilinear to the photo's
 size + threshold; with ``segmenter/refine.py`` present also the guided-filter refine, which needs the photo decoded
 at full size), encode (the mask as PNG, zlib level 1 as in app.py). "end to end" times ``Image.open -> Segmenter.get_mask
--> PNG`` as one call. With ``app.py`` present, the app's ``/segment`` endpoint is timed through gradio_client too.
+-> PNG`` as one call. With ``app.py`` present, its ``/segment`` handler is also timed stage by stage in process
+(its own functions) and end to end through gradio_client against the app started on a free localhost port.
 
     .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~2 min)
     .venv/bin/python bench/end_to_end.py --quick      # 0.3 and 1 MP, few rounds, no app
@@ -108,13 +109,58 @@ def in_process(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
             ]
         rows.append(row)
     table = "### In process: Segmenter.get_mask, ms p50 / p95\n\n" + markdown_table(headers, rows)
+    noisy = [f"{mp:g} MP" for mp, t in results.items() if t["model"].p95 > 1.5 * t["model"].p50]
+    if noisy:
+        table += (f"\n\nNoisy ({', '.join(noisy)}: model p95 > 1.5x p50): the CPU is shared or oversubscribed; "
+                  "ratios are unreliable. Try --threads 1, more --rounds, or a quieter machine.")  # fmt: skip
     return table, results
 
 
-def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: float) -> str:
+def app_stages(weights: Path, sizes: list[float], rounds: int, max_seconds: float) -> str:
+    """The app's /segment handler, stage by stage in this process (its own functions, imported from app.py)."""
+    try:
+        import app  # gradio and the app's settings; ROOT is on sys.path
+        from segmenter import blend, refine
+
+        predict = app.make_predictor(app.load_segmenter(weights))
+        rows = []
+        for mp in sizes:
+            path = write_temp_jpeg(jpeg_bytes(mp))
+            try:
+                image = app.load_image(str(path))
+                low = predict(image)
+                prob = app.probability_map(predict, image)
+                result = app.make_mask(prob, app.Cleanup())
+                cut = blend.cutout(image, result.alpha)
+                calls: dict[str, Callable[[], object]] = {
+                    "load_image": lambda path=path: app.load_image(str(path)),
+                    "model (predict_low_res)": lambda image=image: predict(image),
+                    "guided_upsample": lambda low=low, image=image: refine.guided_upsample(low, image),
+                    "make_mask (holes, feather)": lambda prob=prob: app.make_mask(prob, app.Cleanup()),
+                    "cutout": lambda image=image, result=result: blend.cutout(image, result.alpha),
+                    "PNG mask + cutout": lambda result=result, cut=cut: (
+                        app.encode_png(result.mask),
+                        app.encode_png(cut),
+                    ),
+                }
+                t = time_interleaved(calls, rounds, warmup=1, max_seconds=max_seconds)
+            finally:
+                path.unlink(missing_ok=True)
+            total = sum(x.p50 for x in t.values())
+            rows.append([f"{mp:g} MP", *[ms(x.p50) for x in t.values()], ms(total),
+                         f"{total / t['model (predict_low_res)'].p50:.2f}x"])  # fmt: skip
+        headers = ["photo", *calls, "sum", "sum / model"]
+    except (ImportError, AttributeError, TypeError) as e:
+        return f"(app.py's internals are not as this benchmark expects, app stages skipped: {e})"
+    return "### The app's /segment handler (mask + cutout), stage by stage in process (p50 ms)\n\n" + markdown_table(
+        headers, rows
+    )
+
+
+def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: float, threads: int) -> str:
     """The app's /segment endpoint through gradio_client on localhost: p50/p95 per photo size."""
     rows = []
-    with running_app(weights) as app:
+    with running_app(weights, env={"OMP_NUM_THREADS": str(threads)} if threads else None) as app:
         client = gradio_client(app.url)
         for mp in sizes:
             path = write_temp_jpeg(jpeg_bytes(mp))
@@ -147,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=float, nargs="+", default=[0.3, 1.0, 12.0], help="megapixels")
     p.add_argument("--rounds", type=int, default=12, help="interleaved rounds per photo size")
     p.add_argument("--max-seconds", type=float, default=25.0, help="stop adding rounds for a size after this long")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads here and in the app (0: torch's default)")
     p.add_argument("--weights", help="weights folder (default: weights/ if it holds effnet_unet, else random)")
     p.add_argument(
         "--app", choices=["auto", "yes", "no"], default="auto", help="also time the app (auto: if app.py exists)"
@@ -166,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table + "\n")
     print(targets(results) + "\n")
     if args.app == "yes" or (args.app == "auto" and APP.is_file()):
+        print(app_stages(weights, args.sizes, max(3, args.rounds // 2), args.max_seconds) + "\n")
         start = time.perf_counter()
-        print(through_app(weights, args.sizes, args.app_requests, args.max_seconds))
+        print(through_app(weights, args.sizes, args.app_requests, args.max_seconds, args.threads))
         print(f"\n(app start-up and requests took {time.perf_counter() - start:.0f} s)\n")
     elif args.app == "auto":
         print(f"(no {APP.name} yet: the app was not timed)\n")

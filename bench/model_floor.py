@@ -7,7 +7,7 @@ floor = FLOPs / the faster of the two. "convs alone" sums each of the model's co
 real input shape: the floor for this op mix with these kernels (narrow and depthwise convs run far below peak).
 
     .venv/bin/python bench/model_floor.py                 # both generators, 1 and 2 threads (~2 min)
-    .venv/bin/python bench/model_floor.py --quick         # effnet_unet, current threads, few rounds
+    .venv/bin/python bench/model_floor.py --quick         # effnet_unet, 1 thread, few rounds (~20 s)
     .venv/bin/python bench/model_floor.py --compile       # + torch.compile variants (about a minute each to compile)
 """
 
@@ -166,7 +166,7 @@ def variants(onnx_key: str, with_compile: bool) -> list[Variant]:
         Variant("bf16 autocast", _eager(bf16=True), exact=False),
         Variant("bf16 autocast + channels_last", _eager(channels_last=True, bf16=True), exact=False),
     ]
-    if _has("onnxruntime"):
+    if all(_has(m) for m in ("onnxruntime", "onnx", "onnxscript")):  # run, and export with torch.onnx (dynamo)
         out.append(Variant("ONNX Runtime fp32", _onnxruntime(onnx_key), devices=("cpu",)))
     if with_compile:
         out += [Variant("torch.compile (inductor, freezing)", _compiled(False), batched=False),

@@ -11,8 +11,8 @@ For each preset (its TrainConfig from train.py's own parser, its datasets from t
 The step itself mirrors train.py's inner loop (CPU, fp32: train.py autocasts only on CUDA); factoring that loop
 into a ``train_step`` function in train.py would let this benchmark call it instead.
 
-    .venv/bin/python bench/training.py                # seed and cpu presets, 3 steps each (~2-3 min, shared CPU)
-    .venv/bin/python bench/training.py --quick        # cpu preset, 2 steps
+    .venv/bin/python bench/training.py                # seed and cpu presets, 2 steps each (~2-3 min on a shared 2-core CPU)
+    .venv/bin/python bench/training.py --quick        # cpu preset, 2 steps, first 48 photos
     .venv/bin/python bench/training.py --steps 10 --threads 2
 """
 
@@ -152,12 +152,14 @@ def report(results: list[PresetResult], steps: int, limit: int) -> str:
                      "met" if max(share_alone, share_loop) <= 0.05 else "NOT met"])  # fmt: skip
     headers = ["preset", "generator", "batch", "workers", "steps / epoch", "step alone s (fixed batch)",
                "step s (loader-fed)", "fetch ms / batch", "epoch-equivalent s", "model-only epoch s",
-               "DataLoader pass alone s", "val pass s", "data share (alone / epoch)", "data share (in loop)",
+               "DataLoader pass alone s", "val pass s", "data share (alone)", "data share (in loop)",
                "data <= 5%"]  # fmt: skip
     note = (
         f"Epoch-equivalent = steps/epoch x p50 (fetch + step), from {steps} loader-fed steps per preset "
         f"(extrapolated to the {EPOCH_IMAGES}-photo train split; the val pass, which train.py also runs each "
-        "epoch, is shown apart). The DataLoader pass is measured over the whole split."
+        "epoch, is shown apart). The DataLoader pass is "
+        + (f"timed over the first {limit} photos and scaled up." if limit else "timed over the whole split.")
+        + " Data share alone = DataLoader pass / (pass + model-only epoch); in loop = fetch time / epoch-equivalent."
     )
     return "### Training: seconds per epoch-equivalent\n\n" + markdown_table(headers, rows) + "\n\n" + note
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=0, help="load only the first N train/val photos (0: all); "
                    "the DataLoader pass is then scaled up to the 230-photo split")  # fmt: skip
     p.add_argument("--presets", nargs="+", default=["seed", "cpu"], choices=sorted(trainpy.PRESETS))
-    p.add_argument("--steps", type=int, default=3, help="timed steps of each kind per preset")
+    p.add_argument("--steps", type=int, default=2, help="timed steps of each kind per preset")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as train.py)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the preset's)")
     args = p.parse_args(argv)

@@ -77,6 +77,8 @@ def open_image(path: str | Path) -> Image.Image:
         raise ValueError(f"missing file: {path}") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"unreadable image: {path} ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image too large: {path} ({e})") from e
 
 
 def _first_frame(im: Image.Image) -> Image.Image:

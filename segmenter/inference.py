@@ -39,7 +39,10 @@ def default_device() -> torch.device:
 def as_pil(image: ImageLike) -> Image.Image:
     """PIL (EXIF orientation applied), HxWx3 / HxW uint8 array or 3xHxW tensor (uint8, or float in [0,1]) -> RGB PIL."""
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        try:
+            return to_rgb(image)
+        except (OSError, SyntaxError) as e:  # a lazily opened file that fails to decode: truncated, corrupt
+            raise ValueError(f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} ({e})") from e
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):

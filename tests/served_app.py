@@ -1,0 +1,109 @@
+"""``python app.py`` as a subprocess on a free 127.0.0.1 port, for what only a separate process shows.
+
+Its memory (RSS), open files, log output, temporary folders and exit status belong to that process alone; the
+in-process server of conftest.py (``app_url``) shares all of them with the test runner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 120.0  # seconds: importing torch and gradio is slow on a loaded CPU
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_env(weights: Path | str, **overrides: str) -> dict[str, str]:
+    """The environment for ``python app.py``: offline, localhost only, no live-webcam probe, plus ``overrides``."""
+    env = {**os.environ, "SEGMENTER_MODEL": str(weights), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "LIVE_WEBCAM": "off", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    return {**env, **overrides}
+
+
+def run_app(env: dict[str, str], timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``python app.py`` to its end (for start-up failures); stdout and stderr as text."""
+    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@dataclass
+class Served:
+    """A running ``python app.py``: base URL (trailing slash), process, stdout+stderr log file, environment."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    env: dict[str, str]
+
+    def rss(self) -> int:
+        """Resident memory of the server process, in bytes."""
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def open_files(self) -> int:
+        """How many file descriptors the server process holds."""
+        return psutil.Process(self.proc.pid).num_fds()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@contextmanager
+def serve_app(weights: Path | str, log_dir: Path, **env: str) -> Iterator[Served]:
+    """Start ``python app.py`` with ``weights`` (and ``env`` overrides) and wait until it answers; stop it after.
+
+    Stopping is a SIGTERM, so uvicorn shuts down gracefully (Gradio's cache clean-up runs), then a SIGKILL if it
+    takes over 30 s.
+    """
+    port = free_port()
+    log = log_dir / "server.log"
+    env = app_env(weights, GRADIO_SERVER_PORT=str(port), **env)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    served = Served(f"http://127.0.0.1:{port}/", proc, log, env)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if not served.alive():
+                raise RuntimeError(f"python app.py exited with {proc.returncode}:\n{served.log_text()[-3000:]}")
+            try:
+                if httpx.get(f"{served.url}config", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"python app.py did not answer within {START_TIMEOUT:.0f} s")
+            time.sleep(0.25)
+        yield served
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -1,0 +1,340 @@
+"""Security: upload caps, temporary files, reading only what was uploaded, fetching no URL, keeping secrets.
+
+Most tests run against ``python app.py`` in a subprocess with small caps (2 MB, 1 megapixel), its own temp and
+Gradio cache folders and an HF_TOKEN in its environment. The URL tests use the in-process server of conftest.py
+(``app_url``), where Gradio's SSRF filter can be told that 127.0.0.1 is the public internet: a URL that reached
+Gradio would then really be fetched, and a local recording server shows that none is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from corpus import REFUSALS, corpus, encode, valid_photo
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from served_app import Served, serve_app, stop
+
+import app
+from segmenter.inference import Segmenter
+
+MAX_UPLOAD_MB, MAX_PIXELS = 2, 1_000_000
+SECRET = "hf_tEsTsEcReT0123456789abcdefghijklmnop"
+FILE_DATA = {"_type": "gradio.FileData"}
+
+
+def server_env(tmp: Path) -> dict[str, str]:
+    """Caps, private temp and cache folders, a token that must never show."""
+    (tmp / "tmp").mkdir()
+    return {"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "MAX_PIXELS": str(MAX_PIXELS), "HF_TOKEN": SECRET,
+            "GRADIO_TEMP_DIR": str(tmp / "cache"), "TMPDIR": str(tmp / "tmp")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("security-server")
+    with serve_app(tiny_weights, tmp, **server_env(tmp)) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(server: Served) -> Client:
+    return Client(server.url, verbose=False)  # not closed: close() waits 1 s; its heartbeat ends with the server
+
+
+@pytest.fixture(scope="module")
+def outside_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A readable image on the server's disk that was never uploaded."""
+    path = tmp_path_factory.mktemp("server-files") / "private.png"
+    path.write_bytes(valid_photo())
+    return path
+
+
+def noise_png(side: int) -> bytes:
+    """An incompressible PNG of ``side`` x ``side`` pixels (about 3 * side**2 bytes)."""
+    return encode(Image.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), np.uint8)), "PNG")
+
+
+def post_file(url: str, data: bytes, name: str = "photo.png") -> httpx.Response:
+    return httpx.post(f"{url}api/segment", files={"file": (name, data)}, timeout=60)
+
+
+def upload_status(url: str, data: bytes, name: str = "photo.png") -> int:
+    return httpx.post(f"{url}gradio_api/upload", files={"files": (name, data)}, timeout=60).status_code
+
+
+def upload(url: str, data: bytes, name: str = "photo.png") -> str:
+    """Upload like the UI and gradio_client do; returns the server path of the upload."""
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": (name, data)}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()[0]
+
+
+def fn_index(url: str, elem_id: str | None = None) -> int:
+    """The id by which the UI calls an event: the ``/segment`` API's, or that of the event reading ``elem_id``."""
+    config = httpx.get(f"{url}config", timeout=30).json()
+    if elem_id is None:
+        return next(d["id"] for d in config["dependencies"] if d.get("api_name") == app.SEGMENT_API_NAME)
+    ids = {c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id}
+    return next(d["id"] for d in config["dependencies"] if ids & set(d["inputs"]))
+
+
+def api_call(url: str, endpoint: str, data: list) -> httpx.Response:
+    """POST ``data`` as an API call: gradio_client's queue/join, the REST call/, or the UI's queue/join by id."""
+    if endpoint == "call":
+        return httpx.post(f"{url}gradio_api/call/segment", json={"data": data}, timeout=30)
+    index = fn_index(url, "batch-files") if endpoint == "batch" else fn_index(url)
+    body = {"data": data, "fn_index": index, "session_hash": "security-test"}
+    return httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=30)
+
+
+def call_result(url: str, event_id: str) -> str:
+    """The SSE stream of a REST call/ event, until it completes or fails."""
+    return httpx.get(f"{url}gradio_api/call/segment/{event_id}", timeout=60).text
+
+
+# ---------------------------------------------------------------- caps
+
+
+def test_http_caps_name_the_limit(server: Served) -> None:
+    too_long = post_file(server.url, b"\0" * (MAX_UPLOAD_MB * 2**20 + 2**17))
+    assert too_long.status_code == 413 and f"{MAX_UPLOAD_MB} MB" in too_long.json()["error"]
+    over_cap = next(c for c in corpus(MAX_PIXELS) if c.name == "over_cap.png")
+    too_big = post_file(server.url, over_cap.data)
+    assert too_big.status_code == 413 and "at most 1 megapixels" in too_big.json()["error"]
+    assert post_file(server.url, valid_photo()).status_code == 200
+
+
+def test_gradio_caps_name_the_limit(server: Served, client: Client, tmp_path: Path) -> None:
+    limit = MAX_UPLOAD_MB * 2**20
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (limit + 1))
+    with pytest.raises(ValueError, match=f"maximum file size of {limit} bytes"):  # gradio_client checks first
+        client.predict(handle_file(big), 0.5, api_name="/segment")
+    r = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("big.png", big.read_bytes())}, timeout=60)
+    assert r.status_code == 413 and f"{limit} bytes" in r.text  # the server refuses a raw upload too
+    over_cap = next(c for c in corpus(MAX_PIXELS) if c.name == "over_cap.png").write(tmp_path)
+    with pytest.raises(AppError, match="at most 1 megapixels"):
+        client.predict(handle_file(over_cap), 0.5, api_name="/segment")
+    body = {"data": ["x" * (limit + 1)], "fn_index": 0, "session_hash": "s"}  # API requests are capped as well
+    assert httpx.post(f"{server.url}gradio_api/queue/join", json=body, timeout=60).status_code == 413
+
+
+# ---------------------------------------------------------------- temporary files
+
+
+def test_delete_cache_is_configured(tiny_weights: Path) -> None:
+    frequency, age = app.build_demo(Segmenter.from_pretrained(tiny_weights, device="cpu")).delete_cache
+    assert 0 < frequency <= 3600 and 0 < age <= 24 * 3600
+
+
+def test_request_temp_files_do_not_accumulate(server: Served, client: Client, tmp_path: Path) -> None:
+    """Spooled uploads (over 1 MB, so on disk), refusals and raw uploads leave no files and no open descriptors."""
+    tmpdir = Path(server.env["TMPDIR"])
+    big_photo = noise_png(700)  # 1.5 MB: Starlette spools it to a temporary file
+    assert 2**20 < len(big_photo) < MAX_UPLOAD_MB * 2**20
+    (tmp_path / "big.png").write_bytes(big_photo)
+    post_file(server.url, valid_photo())  # warm-up: lazily opened files (fonts, models) are not leaks
+    before = server.open_files()
+    for _ in range(5):
+        assert post_file(server.url, big_photo).status_code == 200
+        assert post_file(server.url, b"\0" * (MAX_UPLOAD_MB * 2**20 + 2**17)).status_code == 413
+        assert post_file(server.url, big_photo[: len(big_photo) // 2]).status_code == 415
+        assert upload_status(server.url, b"\0" * 3 * 2**20) == 413
+        client.predict(handle_file(tmp_path / "big.png"), 0.5, api_name="/segment")
+    assert list(tmpdir.iterdir()) == []
+    assert server.open_files() <= before + 2  # a keep-alive socket or two may still be open
+
+
+def test_shutdown_removes_uploads_and_results(tiny_weights: Path, tmp_path: Path) -> None:
+    """SIGTERM with a client still connected: the server stops within seconds and Gradio's cache is emptied."""
+    cache = tmp_path / "cache"
+    with serve_app(tiny_weights, tmp_path, **server_env(tmp_path)) as server:
+        examples = {p for p in cache.rglob("*") if p.is_file()}  # cached at start-up, kept by design
+        client = Client(server.url, verbose=False)  # left connected: its heartbeat stays open
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(valid_photo())
+        results = client.predict(handle_file(photo), 0.5, api_name="/segment")
+        assert post_file(server.url, valid_photo()).status_code == 200
+        made = {p for p in cache.rglob("*") if p.is_file()} - examples
+        assert {p.name for p in made} >= {"photo.jpg", "photo-mask.png", "photo-cutout.png"}
+        assert all(Path(r).exists() for r in results)  # downloaded copies on the client's side
+        stop(server.proc, timeout=app.SHUTDOWN_SECONDS + 20)  # a hang would be killed and fail the check below
+        assert "Application shutdown complete" in server.log_text()
+    assert {p for p in cache.rglob("*") if p.is_file()} <= examples
+
+
+# ---------------------------------------------------------------- only uploaded files are read
+
+
+def foreign_payloads(server: Served, outside: Path) -> dict[str, dict]:
+    """File payloads naming server files that were never uploaded."""
+    cache = server.env["GRADIO_TEMP_DIR"]
+    return {
+        "system file": {"path": "/etc/passwd", "meta": FILE_DATA},
+        "weights": {"path": str(Path(server.env["SEGMENTER_MODEL"]) / "model.safetensors"), "meta": FILE_DATA},
+        "image elsewhere": {"path": str(outside), "meta": FILE_DATA, "orig_name": "private.png"},
+        "no meta": {"path": str(outside)},  # Gradio itself does not look at these
+        "traversal": {"path": f"{cache}/{os.path.relpath(outside, cache)}", "meta": FILE_DATA},
+        "relative": {"path": "app.py", "meta": FILE_DATA},
+    }
+
+
+@pytest.mark.parametrize("endpoint", ["call", "queue", "batch"])
+def test_api_reads_only_uploaded_files(server: Served, outside_photo: Path, endpoint: str) -> None:
+    uploaded = {"path": upload(server.url, valid_photo(), "mine.jpg"), "meta": FILE_DATA}
+
+    def wrap(file: dict) -> list:
+        return [[file] if endpoint == "batch" else file, 0.5]
+
+    works = api_call(server.url, endpoint, wrap(uploaded))  # the same request with an upload goes through
+    assert works.status_code == 200 and "event_id" in works.json(), works.text
+    if endpoint == "call":
+        assert "mine-mask.png" in call_result(server.url, works.json()["event_id"])
+    for name, payload in foreign_payloads(server, outside_photo).items():
+        r = api_call(server.url, endpoint, wrap(payload))
+        assert r.status_code == 400 and "uploaded" in r.json()["error"], (name, r.status_code, r.text)
+    cache = Path(server.env["GRADIO_TEMP_DIR"])
+    assert not [p for p in cache.rglob("*") if p.name.startswith(("private", "passwd", "model"))]  # nothing copied
+    assert server.alive()
+
+
+def test_http_endpoint_reads_only_the_request(server: Served) -> None:
+    """A path (or URL) sent to POST /api/segment is data, never a file name."""
+    as_field = httpx.post(f"{server.url}api/segment", data={"file": "/etc/passwd"}, timeout=30)
+    assert as_field.status_code == 400 and "field 'file'" in as_field.json()["error"]
+    for text in ("/etc/passwd", server.env["SEGMENTER_MODEL"]):
+        r = post_file(server.url, text.encode(), "photo.png")
+        assert r.status_code == REFUSALS["unreadable"][0] and "root:" not in r.text
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "weights", "outside", "app.py"])
+def test_file_route_serves_no_server_files(server: Served, outside_photo: Path, path: str) -> None:
+    target = {"weights": str(Path(server.env["SEGMENTER_MODEL"]) / "model.safetensors"),
+              "outside": str(outside_photo)}.get(path, path)  # fmt: skip
+    r = httpx.get(f"{server.url}gradio_api/file={target}", timeout=30)
+    assert r.status_code in (403, 404) and "root:" not in r.text
+
+
+# ---------------------------------------------------------------- no URL is fetched
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """A local stand-in for the internet: answers every GET with a PNG and records the path."""
+
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        body = valid_photo()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def internet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(URL of a photo on a recording server at 127.0.0.1, its hits), with 127.0.0.1 passing Gradio's SSRF filter.
+
+    DNS look-ups (safehttpx asks dns.google when the system resolver gives no public address) are stubbed out
+    and counted as hits too, so nothing here can leave the machine.
+    """
+    import safehttpx
+    from gradio import processing_utils
+
+    hits: list[str] = []
+
+    async def no_dns(hostname: str) -> list[str]:
+        hits.append(f"dns:{hostname}")
+        return []
+
+    monkeypatch.setattr(safehttpx, "async_resolve_hostname_google", no_dns)
+    monkeypatch.setattr(safehttpx, "is_public_ip", lambda ip: True)
+    handler = type("Handler", (Recorder,), {"hits": hits})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_port}/photo.jpg"
+    try:
+        # The premise: with this filter, a URL that reaches Gradio's downloader is fetched.
+        asyncio.run(processing_utils.async_ssrf_protected_download(url, str(tmp_path)))
+        assert hits == ["/photo.jpg"], hits
+        hits.clear()
+        yield url, hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_no_endpoint_fetches_urls(app_url: str, internet: tuple[str, list[str]]) -> None:
+    url, hits = internet
+    payloads = [{"path": url, "meta": FILE_DATA}, {"path": url}, {"path": "photo.jpg", "url": url, "meta": FILE_DATA}]
+    for payload in payloads:
+        for endpoint in ("call", "queue"):
+            r = api_call(app_url, endpoint, [payload, 0.5])
+            assert r.status_code == 400, (payload, endpoint, r.text)
+    with pytest.raises(Exception, match=r"400|uploaded"):  # gradio_client passes URLs on for the server to fetch
+        Client(app_url, verbose=False).predict(handle_file(url), 0.5, api_name="/segment")
+    for route in (f"file={url}", f"file/{url}", f"proxy={url}"):
+        for method in ("GET", "HEAD"):
+            r = httpx.request(method, f"{app_url}gradio_api/{route}", timeout=30)
+            assert r.status_code in (400, 403), (route, method, r.status_code)
+    r = httpx.post(f"{app_url}api/segment", data={"file": url}, params={"url": url}, timeout=30)
+    assert r.status_code == 400
+    assert hits == []
+
+
+# ---------------------------------------------------------------- secrets and internals
+
+
+def test_internal_errors_stay_in_the_server_log(app_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An unexpected exception: clients get a generic message, not its text; the server lives on."""
+    detail = "/srv/internal/path-1234"
+
+    def broken(*args: object) -> None:
+        raise RuntimeError(detail)
+
+    monkeypatch.setattr(app, "probability_map", broken)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(valid_photo())
+    with pytest.raises(AppError) as failed:
+        Client(app_url, verbose=False).predict(handle_file(photo), 0.5, api_name="/segment")
+    assert detail not in str(failed.value)
+    r = post_file(app_url, valid_photo())
+    assert r.status_code == 500 and "still running" in r.json()["error"] and detail not in r.text
+    monkeypatch.undo()
+    assert post_file(app_url, valid_photo()).status_code == 200
+
+
+def test_no_secret_in_responses_logs_or_model_card(server: Served, client: Client, tmp_path: Path) -> None:
+    pages = [
+        httpx.get(f"{server.url}{page}", timeout=30) for page in ("", "config", "gradio_api/info", "api/openapi.json")
+    ]
+    assert "Weights sha256" in pages[1].text  # the model card is part of the UI's config
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(AppError, match="not a readable image") as refused:
+        client.predict(handle_file(bad), 0.5, api_name="/segment")
+    assert SECRET not in str(refused.value)
+    answers = [*pages, post_file(server.url, b"not an image"), post_file(server.url, valid_photo()),
+               api_call(server.url, "call", [{"path": "/etc/passwd", "meta": FILE_DATA}, 0.5])]  # fmt: skip
+    for r in answers:
+        assert SECRET not in r.text and SECRET not in str(r.headers), r.url
+    assert SECRET not in server.log_text()
