@@ -744,7 +744,8 @@ class UploadsOnly:
     async def check(self, scope: Scope, receive: Receive) -> tuple[Response | None, Receive]:
         """(the refusal, or None to pass the request on; the ``receive`` to pass it on with)."""
         path = scope["path"]
-        if path.startswith((f"{GRADIO_API}file=", f"{GRADIO_API}file/")) and is_http_url(path[len(GRADIO_API) + 5 :]):
+        route = path.removeprefix(GRADIO_API)
+        if route[:5] in ("file=", "file/") and is_http_url(route[5:]):
             log.warning("Refused %s %r: the server does not fetch URLs", scope["method"], path[:200])
             return json_error(403, "This server does not fetch URLs."), receive
         if scope["method"] != "POST" or path.rstrip("/") == f"{GRADIO_API}upload":
@@ -776,7 +777,7 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE)
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.
-    return gr.mount_gradio_app(app, demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=True,
+    return gr.mount_gradio_app(app, demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=False,
                                theme=gr.themes.Soft(), css=CSS)  # fmt: skip
 
 
@@ -791,7 +792,7 @@ def main() -> None:
     # A bounded graceful shutdown: open browser tabs and gradio_client heartbeats never close by themselves, and
     # without a timeout a SIGTERM would wait for them until a SIGKILL, skipping Gradio's cache clean-up.
     uvicorn.run(app, host=os.getenv("GRADIO_SERVER_NAME", "0.0.0.0"), port=int(os.getenv("GRADIO_SERVER_PORT", "7860")),
-                )  # fmt: skip
+                timeout_graceful_shutdown=SHUTDOWN_SECONDS)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,19 @@ def _bilinear(maps: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
+def _solve_sym3(s: dict[tuple[int, int], np.ndarray], rhs: np.ndarray) -> np.ndarray:
+    """Per-pixel solve of a symmetric 3x3 system (upper entries ``s[(c, d)]``) by its adjugate: (h, w, 3) -> (h, w, 3).
+
+    Closed form, about 4x faster than ``np.linalg.solve`` on (h, w, 3, 3) stacks.
+    """
+    a, b, c, d, e, f = s[0, 0], s[0, 1], s[0, 2], s[1, 1], s[1, 2], s[2, 2]
+    i00, i01, i02 = d * f - e * e, c * e - b * f, b * e - c * d
+    i11, i12, i22 = a * f - c * c, b * c - a * e, a * d - b * b
+    det = a * i00 + b * i01 + c * i02
+    x, y, z = rhs[..., 0], rhs[..., 1], rhs[..., 2]
+    return np.stack([i00 * x + i01 * y + i02 * z, i01 * x + i11 * y + i12 * z, i02 * x + i12 * y + i22 * z], -1) / det[..., None]
+
+
 def guided_upsample(prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4, eps: float = 1e-4,
                     max_side: int = 512) -> np.ndarray:  # fmt: skip
     """Low-resolution probabilities -> HxW float32 in [0, 1] at the guide photo's size, with edges snapped to it.
@@ -56,12 +69,9 @@ def guided_upsample(prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4
     mean_i = [box(img[..., c]) for c in range(3)]
     mean_p = box(p)
     cov_ip = np.stack([box(img[..., c] * p) - mean_i[c] * mean_p for c in range(3)], axis=-1)  # (h, w, 3)
-    sigma = np.empty((*p.shape, 3, 3), dtype=np.float32)
-    for c in range(3):
-        for d in range(c, 3):
-            sigma[..., c, d] = sigma[..., d, c] = box(img[..., c] * img[..., d]) - mean_i[c] * mean_i[d]
-    sigma += eps * np.eye(3, dtype=np.float32)
-    a = np.linalg.solve(sigma, cov_ip[..., None])[..., 0]  # (h, w, 3)
+    var = {(c, d): box(img[..., c] * img[..., d]) - mean_i[c] * mean_i[d] + (eps if c == d else 0.0)
+           for c in range(3) for d in range(c, 3)}  # fmt: skip
+    a = _solve_sym3(var, cov_ip)  # (h, w, 3)
     b = mean_p - (a * np.stack(mean_i, axis=-1)).sum(axis=-1)
 
     # Full resolution: q = mean_a . I + mean_b, with the coefficient maps upsampled by torch (multi-threaded).

@@ -43,6 +43,12 @@ def run_app(env: dict[str, str], timeout: float = START_TIMEOUT) -> subprocess.C
                           timeout=timeout)  # fmt: skip
 
 
+def post_photo(url: str, data: bytes, name: str = "photo.png", **params: str) -> httpx.Response:
+    """POST ``data`` to the app at ``url`` as ``/api/segment``'s multipart field ``file``."""
+    files = {"file": (name, data, "application/octet-stream")}
+    return httpx.post(f"{url}api/segment", files=files, params=params, timeout=60)
+
+
 @dataclass
 class Served:
     """A running ``python app.py``: base URL (trailing slash), process, stdout+stderr log file, environment."""

@@ -19,7 +19,7 @@ from corpus import REFUSALS, Case, brightness_weights, check_result, corpus, val
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, UnidentifiedImageError
-from served_app import Served, serve_app
+from served_app import Served, post_photo, serve_app
 
 import app
 from segmenter.data import open_image
@@ -50,8 +50,7 @@ def client(server: Served) -> Iterator[Client]:
 
 
 def post(server: Served, name: str, data: bytes, output: str = "mask") -> httpx.Response:
-    files = {"file": (name, data, "application/octet-stream")}
-    return httpx.post(f"{server.url}api/segment", files=files, params={"output": output}, timeout=60)
+    return post_photo(server.url, data, name, output=output)
 
 
 def png(response: httpx.Response) -> Image.Image:
