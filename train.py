@@ -76,6 +76,7 @@ class TrainConfig:
     limit: int = 0
     eval_test: bool = True
     half: bool = False
+    tune_inference: bool = False  # at export, choose the inference size and flip TTA on val
     export_to: str = ""
     push_to_hub: str = ""
     resume: str = ""
@@ -115,6 +116,7 @@ HELP: dict[str, str] = {
     "limit": "use only the first N train/val pairs (smoke tests); 0: all",
     "eval_test": "record test metrics of the best-by-val model in the export (never used to choose)",
     "half": "export fp16 weights",
+    "tune_inference": "at export, pick the inference size (1x-2x the training size) and flip averaging by val mIoU",
     "export_to": "also copy the exported model here (e.g. weights/)",
     "push_to_hub": "Hub repo id (user/name) to upload the export to; token from HF_TOKEN or the cached login",
     "resume": "a run folder (or its last.pt) to continue in place",
@@ -127,7 +129,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     # The shipped weights: transfer-learning U-Net, strong augmentation, 2-core CPU in well under 2.5 h.
     "cpu": {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
-            "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95, "batch_size": 8},
+            "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95, "batch_size": 8,
+            "tune_inference": True},
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
 }  # fmt: skip
@@ -137,7 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (this machine, and where the result goes) ...
 RESUME_CURRENT = ("resume", "device", "workers", "threads", "export_to", "push_to_hub")
 # ... and these, which may be given to change them: they leave the epochs already trained as they were.
-RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half")
+RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half", "tune_inference")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -310,8 +313,9 @@ tags: [image-segmentation, person-segmentation, pix2pix, gan]
 ---
 # Person segmentation: {arch} trained as a Pix2Pix generator
 
-Binary person masks from RGB photos. Input: an RGB photo resized to {size}x{size}, scaled to [-1, 1];
-output: a tanh map, probability = (y + 1) / 2, person where it is >= {threshold}.
+Binary person masks from RGB photos. Input: an RGB photo resized to {input_size}x{input_size} (trained at
+{size}x{size}; {inference_note}), scaled to [-1, 1]; output: a tanh map, probability = (y + 1) / 2, person where
+it is >= {threshold}.
 Load it with `Segmenter.from_pretrained(<this folder or repo id>)` from this project's `segmenter` package.
 
 ## Results (masks compared at each photo's original size, threshold {threshold}, mean per-image)
@@ -351,6 +355,15 @@ def write_logs(run_dir: Path, log: list[dict[str, Any]], append: bool) -> None:
         w.writerows(log)
 
 
+def _inference_note(mcfg: ModelConfig) -> str:
+    tuning = mcfg.meta.get("inference_tuning")
+    flip = "averaged with the mirrored photo" if mcfg.tta_flip else "no test-time augmentation"
+    if not tuning:
+        return flip
+    tried = ", ".join(f"{k} {v:.4f}" for k, v in tuning["val_miou"].items())
+    return f"{flip}; size and flip chosen by val mIoU among {tried}"
+
+
 def write_card(folder: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
     """README.md: the model card, from the export's config (metrics, sha256, provenance) and the run's config."""
     meta = mcfg.meta
@@ -365,7 +378,7 @@ def write_card(folder: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
     objective = (f"70x70 PatchGAN discriminator (ndf {cfg.ndf}), GAN weight {cfg.gan_weight} + L1 x {cfg.l1_lambda}"
                  if cfg.gan_weight > 0 else f"L1 loss only (x {cfg.l1_lambda}, no discriminator)")  # fmt: skip
     text = MODEL_CARD.format(**dataclasses.asdict(cfg) | {
-        "threshold": mcfg.threshold, "rows": "\n".join(rows) or "| (none) | 0 | | | | |", "dtype": meta["dtype"],
+        "input_size": mcfg.input_size, "inference_note": _inference_note(mcfg), "threshold": mcfg.threshold, "rows": "\n".join(rows) or "| (none) | 0 | | | | |", "dtype": meta["dtype"],
         "sha256": meta["sha256"], "command": meta["commands"][0],
         "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]), "best_epoch": meta["best_epoch"],
         "objective": objective, "train_images": counts["train_images"], "data_section": data_section,
@@ -388,6 +401,34 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
     return str(getattr(info, "commit_url", info))
 
 
+def tune_inference(seg: Any, val_pairs: list[Any]) -> dict[str, Any]:
+    """Pick the inference size and flip averaging that maximise val mIoU (never test); sets them on ``seg.cfg``.
+
+    Sizes run from the training size to twice it in steps of 64 (effnet_unet; the pix2pix U-Net needs multiples of
+    2**num_downs, so it keeps its size). Returns the val mIoU of every candidate.
+    """
+    from segmenter.data import load_pair
+    from segmenter.metrics import iou
+
+    base = seg.cfg.input_size
+    sizes = list(range(base, 2 * base + 1, 64)) if seg.cfg.arch == "effnet_unet" else [base]
+    if not val_pairs:
+        return {}
+    loaded = [load_pair(p) for p in val_pairs]
+    truths = [np.asarray(m) > 127 for _, m in loaded]
+    table: dict[str, float] = {}
+    for size in sizes:
+        for tta in (False, True):
+            seg.cfg.input_size, seg.cfg.tta_flip = size, tta
+            probs = seg.predict_probas([img for img, _ in loaded])
+            table[f"{size}{'+flip' if tta else ''}"] = float(np.mean(
+                [iou(p >= seg.threshold, t) for p, t in zip(probs, truths, strict=True)]))  # fmt: skip
+    best = max(table, key=table.__getitem__)
+    seg.cfg.input_size, seg.cfg.tta_flip = int(best.split("+")[0]), best.endswith("+flip")
+    print("inference settings by val mIoU: " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()) + f" -> {best}")
+    return {"val_miou": {k: round(v, 4) for k, v in table.items()}, "chosen": best}
+
+
 def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any],
            provenance: dict[str, Any]) -> Path:  # fmt: skip
     """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics.
@@ -405,8 +446,10 @@ def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], be
                  "train_config": dataclasses.asdict(cfg)}  # fmt: skip
     save_pretrained(G, mcfg, out, half=cfg.half)
     seg = Segmenter.from_pretrained(out, device="cpu")
-    splits = [cfg.val_split] + (["test"] if cfg.eval_test else [])
     metrics = {}
+    if cfg.tune_inference and _has_split(cfg.data):
+        seg.cfg.meta["inference_tuning"] = tune_inference(seg, load_pairs(cfg.data, cfg.val_split))
+    splits = [cfg.val_split] + (["test"] if cfg.eval_test else [])
     for split in splits:
         try:
             pairs = load_pairs(cfg.data, split)

@@ -15,7 +15,8 @@ Arch = Literal["pix2pix_unet", "effnet_unet"]
 class ModelConfig:
     """Everything needed to rebuild a generator and feed it.
 
-    ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
+    ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
+    fully convolutional generators accept other sizes, and export picks the best on val). ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
     apply), ``effnet_unet`` is the transfer-learning U-Net with an EfficientNet-Lite0 encoder.
     Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
     """
@@ -31,6 +32,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     threshold: float = 0.5
+    tta_flip: bool = False  # also run the mirrored photo and average (chosen on val at export)
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
     # Provenance, filled in at export: sha256 of model.safetensors, val/test metrics, training run.
     meta: dict[str, Any] = field(default_factory=dict)

@@ -194,7 +194,11 @@ class Segmenter:
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) normalised batch -> (B, S, S) float32 probabilities on the CPU."""
-        y = self.model(x)  # (B,1,S,S) in [-1,1]
+        if self.cfg.tta_flip:  # the photo and its mirror image in one batch, averaged
+            y = self.model(torch.cat([x, x.flip(-1)]))  # (2B,1,S,S) in [-1,1]
+            y = (y[: len(x)] + y[len(x) :].flip(-1)) / 2
+        else:
+            y = self.model(x)  # (B,1,S,S) in [-1,1]
         return ((y[:, 0].float() + 1) / 2).clamp_(0, 1).cpu()
 
     @torch.inference_mode()

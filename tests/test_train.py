@@ -144,7 +144,7 @@ def test_defaults_presets_and_overrides() -> None:
     # The preset of the shipped weights must not drift: a run of it is being reproduced.
     assert train.PRESETS["cpu"] == {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
                                     "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95,
-                                    "batch_size": 8}  # fmt: skip
+                                    "batch_size": 8, "tune_inference": True}  # fmt: skip
     cpu = train.parse_args(["--preset", "cpu"])
     assert cpu == dataclasses.replace(train.TrainConfig(), preset="cpu", **train.PRESETS["cpu"])
     for argv in (["--preset", "cpu", "--epochs", "3"], ["--epochs", "3", "--preset", "cpu"]):
@@ -237,7 +237,7 @@ def test_model_card_renders_the_run(one_epoch: Path, data: Path) -> None:
         m = meta["metrics"][split]
         assert f"| {split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
     assert "70x70 PatchGAN discriminator (ndf 8), GAN weight 1.0 + L1 x 100.0" in card
-    assert "1 epochs, batch 2" in card and "(epoch 1)" in card and "Input: an RGB photo resized to 64x64," in card
+    assert "1 epochs, batch 2" in card and "(epoch 1)" in card and "Input: an RGB photo resized to 64x64 (trained at\n64x64; no test-time augmentation)," in card
     assert "6 training and 2 validation photos" in card and "Human Segmentation Dataset" not in card
 
 
@@ -493,3 +493,16 @@ def test_torchrun_two_processes(data: Path, tmp_path: Path) -> None:
     assert record["loss_g_l1"] > 0 and record["loss_d"] > 0
     assert [name for name in RUN_FILES if not (run / name).is_file()] == []
     Segmenter.from_pretrained(run / "export", device="cpu")
+
+
+def test_tune_inference_picks_the_best_val_setting(data: Path, tmp_path: Path) -> None:
+    """effnet_unet at 64x64: export tries sizes 64..128 with and without flip averaging, keeps val's best."""
+    argv = [*tiny_args(data, tmp_path), "--arch", "effnet_unet", "--no-pretrained", "--tune-inference"]
+    assert run_main(argv) == 0
+    cfg = json.loads((only_run(tmp_path) / "export" / "config.json").read_text())
+    tried = cfg["meta"]["inference_tuning"]["val_miou"]
+    assert set(tried) == {f"{s}{f}" for s in (64, 128) for f in ("", "+flip")}
+    chosen = max(tried, key=tried.__getitem__)
+    assert cfg["meta"]["inference_tuning"]["chosen"] == chosen
+    assert cfg["input_size"] == int(chosen.split("+")[0]) and cfg["tta_flip"] == chosen.endswith("+flip")
+    assert Segmenter.from_pretrained(only_run(tmp_path) / "export").get_mask(Image.new("RGB", (50, 30))).size == (50, 30)
