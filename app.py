@@ -59,6 +59,9 @@ MODEL_ID = os.getenv("SEGMENTER_MODEL", "weights/")
 MAX_UPLOAD_MB = float(os.getenv("MAX_UPLOAD_MB", "20"))
 MAX_PIXELS = int(os.getenv("MAX_PIXELS", "16000000"))
 CONCURRENCY = int(os.getenv("CONCURRENCY", "2"))  # model runs at a time: Gradio events share it; HTTP has its own
+# CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
+# wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
+TORCH_THREADS = int(os.getenv("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, CONCURRENCY)))))
 MAX_BATCH = int(os.getenv("MAX_BATCH", "24"))  # photos per batch request
 LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or when the CPU keeps up
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
@@ -783,6 +786,7 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(TORCH_THREADS)
     try:
         app = create_app(MODEL_ID)
     except MissingWeightsError as e:
