@@ -12,6 +12,7 @@ original run (``--preset seed``); ``--preset cpu`` is the run that produced the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -470,6 +471,45 @@ def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], be
 
 
 # ------------------------------------------------------------------ main
+def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
+               opt_d: torch.optim.Optimizer, img: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig,
+               autocast: Any = None, scaler: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One Pix2Pix step: D on (image, real mask) vs (image, generated mask .detach()), then G on GAN + lambda x L1.
+
+    ``G``/``D_train`` may be DDP-wrapped; ``D`` is the bare discriminator, used (frozen) for G's adversarial term.
+    Returns the (loss_d, loss_g_gan, loss_g_l1) tensors; with ``cfg.gan_weight == 0`` only L1 trains G.
+    """
+    autocast = contextlib.nullcontext() if autocast is None else autocast
+    scaler = torch.amp.GradScaler(enabled=False) if scaler is None else scaler
+    with autocast:
+        fake = G(img)  # (B,1,S,S) in [-1,1]
+    loss_d = loss_g_gan = torch.zeros((), device=img.device)
+    if cfg.gan_weight > 0:
+        # D: real pairs -> real_label, generated pairs (detached) -> 0
+        with autocast:
+            pred_real = D_train(torch.cat([img, mask], 1))
+            pred_fake = D_train(torch.cat([img, fake.detach()], 1))
+            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.full_like(pred_real, cfg.real_label))
+                            + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))  # fmt: skip
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+        # G's adversarial term: through the bare D, whose parameters are frozen for this pass
+        D.requires_grad_(False)
+        with autocast:
+            pred = D(torch.cat([img, fake], 1))
+            loss_g_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
+        D.requires_grad_(True)
+    loss_g_l1 = F.l1_loss(fake.float(), mask)
+    loss_g = cfg.gan_weight * loss_g_gan + cfg.l1_lambda * loss_g_l1
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    return loss_d, loss_g_gan, loss_g_l1
+
+
+
 def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     """Train and val datasets, decoded once: a missing or unreadable file raises ValueError naming it.
 
@@ -624,31 +664,7 @@ def run(argv: list[str]) -> int:
         for img, mask in bar:
             t_data += time.time() - t_fetch
             img, mask = img.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            with autocast:
-                fake = G_train(img)  # (B,1,S,S) in [-1,1]
-            loss_d = loss_g_gan = torch.zeros((), device=device)
-            if use_gan:
-                # D: real pairs -> real_label, generated pairs (detached) -> 0
-                with autocast:
-                    pred_real = D_train(torch.cat([img, mask], 1))
-                    pred_fake = D_train(torch.cat([img, fake.detach()], 1))
-                    loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.full_like(pred_real, cfg.real_label))
-                                    + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))  # fmt: skip
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                scaler.step(opt_d)
-                # G's adversarial term: through the bare D, whose parameters are frozen for this pass
-                D.requires_grad_(False)
-                with autocast:
-                    pred = D(torch.cat([img, fake], 1))
-                    loss_g_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
-                D.requires_grad_(True)
-            loss_g_l1 = F.l1_loss(fake.float(), mask)
-            loss_g = cfg.gan_weight * loss_g_gan + cfg.l1_lambda * loss_g_l1
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.step(opt_g)
-            scaler.update()
+            loss_d, loss_g_gan, loss_g_l1 = train_step(G_train, D_train, D, opt_g, opt_d, img, mask, cfg, autocast, scaler)
             sums["loss_d"] += loss_d.item()
             sums["loss_g_gan"] += loss_g_gan.item()
             sums["loss_g_l1"] += loss_g_l1.item()

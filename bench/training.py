@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from common import ROOT, Timing, markdown_table, print_machine, time_interleaved
 from torch import nn
 from torch.utils.data import DataLoader
@@ -54,26 +53,8 @@ class GanStep:
                    torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas), cfg)  # fmt: skip
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> float:
-        cfg, G, D = self.cfg, self.G, self.D
-        fake = G(img)
-        loss_g_gan = torch.zeros(())
-        if cfg.gan_weight > 0:
-            pred_real = D(torch.cat([img, mask], 1))
-            pred_fake = D(torch.cat([img, fake.detach()], 1))
-            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.full_like(pred_real, cfg.real_label))
-                            + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))  # fmt: skip
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-            D.requires_grad_(False)
-            pred = D(torch.cat([img, fake], 1))
-            loss_g_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
-            D.requires_grad_(True)
-        loss_g = cfg.gan_weight * loss_g_gan + cfg.l1_lambda * F.l1_loss(fake.float(), mask)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        return float(loss_g.item())
+        _, loss_g_gan, loss_g_l1 = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg)
+        return float(self.cfg.gan_weight * loss_g_gan + self.cfg.l1_lambda * loss_g_l1)
 
 
 def train_loader(cfg: Any, train_ds: Any) -> DataLoader:

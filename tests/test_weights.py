@@ -1,0 +1,54 @@
+"""The shipped weights: intact, self-describing, and as good on the held-out test split as their card says."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from helpers import REPO_ROOT, requires_shared_data
+from PIL import Image
+
+from segmenter import Segmenter
+from segmenter.data import DEFAULT_DATA_DIR, load_pairs
+from segmenter.inference import sha256_file
+from segmenter.metrics import evaluate
+
+WEIGHTS = REPO_ROOT / "weights"
+
+
+def test_weights_ship_with_their_config_card_and_checksum() -> None:
+    files = {p.name for p in WEIGHTS.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md"} <= files
+    assert (WEIGHTS / "model.safetensors").stat().st_size <= 60 * 2**20
+    cfg = json.loads((WEIGHTS / "config.json").read_text())
+    assert cfg["meta"]["sha256"] == sha256_file(WEIGHTS / "model.safetensors")
+    assert cfg["arch"] in ("pix2pix_unet", "effnet_unet")
+    card = (WEIGHTS / "README.md").read_text()
+    assert cfg["meta"]["sha256"] in card and "background-removal service" in card
+
+
+def test_weights_load_and_segment_at_the_input_size() -> None:
+    seg = Segmenter.from_pretrained(WEIGHTS, device="cpu")
+    assert seg.get_mask(Image.new("RGB", (257, 123), "white")).size == (257, 123)
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_test_split_miou_is_what_the_card_says_and_beats_the_bar() -> None:
+    """mIoU on the 30 held-out test photos, masks at their original size: >= 0.90 (MediaPipe: 0.879 / 0.893)."""
+    seg = Segmenter.from_pretrained(WEIGHTS, device="cpu")
+    means, rows = evaluate(seg, load_pairs(DEFAULT_DATA_DIR, "test"), progress=False)
+    assert len(rows) == 30
+    recorded = seg.cfg.meta["metrics"]["test"]["iou"]
+    assert abs(means["iou"] - recorded) < 0.002
+    assert means["iou"] >= 0.90
+
+
+@requires_shared_data
+def test_examples_are_val_photos_never_test_ones() -> None:
+    """The app's example photos come from val rows, so the published test number stays held out."""
+    named = set(re.findall(r"Training_Images/(\d+\.jpg)", (REPO_ROOT / "examples" / "README.md").read_text()))
+    assert named
+    assert named <= {Path(p.image).name for p in load_pairs(DEFAULT_DATA_DIR, "val")}
