@@ -13,6 +13,8 @@ import csv
 import sys
 from pathlib import Path
 
+import torch
+
 from .data import DEFAULT_DATA_DIR, load_pairs
 from .inference import Segmenter
 from .metrics import METRICS, evaluate
@@ -54,6 +56,8 @@ def format_report(means: dict[str, float], rows: list[dict], worst: int = WORST,
     """Markdown tables: the mean of each metric, then the ``worst`` images by IoU (paths shown relative to ``root``)."""
     lines = ["| metric | mean |", "| --- | --- |"]
     lines += [f"| {LABELS[k]} | {means[k]:.4f} |" for k in METRICS]
+    if "seconds_per_image" in means:
+        lines.append(f"| seconds per image (segmenter only) | {means['seconds_per_image']:.3f} |")
     per_image = ["IoU", *(LABELS[k] for k in METRICS[1:])]
     lines += ["", f"Worst {min(worst, len(rows))} by IoU:", "",
               "| image | " + " | ".join(per_image) + " |", "| --- |" + " --- |" * len(METRICS)]  # fmt: skip
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     threshold = seg.threshold if args.threshold is None else args.threshold
     means, rows = evaluate(seg, pairs, threshold=threshold, progress=not args.no_progress, batch_size=args.batch_size)
     sha = seg.info().get("sha256", "")
-    print(f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''})")
+    print(f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
+          f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, {seg.device}, {torch.get_num_threads()} threads")
     print(f"data: {args.data}, split {args.split}: {len(rows)} images, threshold {threshold:g}, "
           "mean per image at original size\n")  # fmt: skip
     data = Path(args.data)

@@ -95,6 +95,7 @@ def test_evaluate_compares_at_each_photos_own_size(tmp_path: Path) -> None:
     means, rows = evaluate(seg, pairs, progress=False, batch_size=2)  # type: ignore[arg-type]
     assert seg.sizes == [(w, h) for h, w in sizes]
     assert [r["image"] for r in rows] == [str(p.image) for p in pairs]
+    assert means.pop("seconds_per_image") >= 0
     assert means == {"iou": 1.0, "dice": 1.0, "accuracy": 1.0, "boundary_f": 1.0}
     means, _ = evaluate(ReadsThePhoto(invert=True), pairs, progress=False)  # type: ignore[arg-type]
     assert means["iou"] == 0.0 and means["accuracy"] == 0.0
