@@ -408,24 +408,19 @@ def tune_inference(seg: Any, val_pairs: list[Any]) -> dict[str, Any]:
     Sizes run from the training size to twice it in steps of 64 (effnet_unet; the pix2pix U-Net needs multiples of
     2**num_downs, so it keeps its size). Returns the val mIoU of every candidate.
     """
-    from segmenter.data import load_pair
-    from segmenter.metrics import iou
+    from segmenter.metrics import evaluate
 
-    base = seg.cfg.input_size
-    sizes = list(range(base, 2 * base + 1, 64)) if seg.cfg.arch == "effnet_unet" else [base]
     if not val_pairs:
         return {}
-    loaded = [load_pair(p) for p in val_pairs]
-    truths = [np.asarray(m) > 127 for _, m in loaded]
-    table: dict[str, float] = {}
-    for size in sizes:
-        for tta in (False, True):
-            seg.cfg.input_size, seg.cfg.tta_flip = size, tta
-            probs = seg.predict_probas([img for img, _ in loaded])
-            table[f"{size}{'+flip' if tta else ''}"] = float(np.mean(
-                [iou(p >= seg.threshold, t) for p, t in zip(probs, truths, strict=True)]))  # fmt: skip
-    best = max(table, key=table.__getitem__)
-    seg.cfg.input_size, seg.cfg.tta_flip = int(best.split("+")[0]), best.endswith("+flip")
+    base = seg.cfg.input_size
+    sizes = range(base, 2 * base + 1, 64) if seg.cfg.arch == "effnet_unet" else [base]
+    scores: dict[tuple[int, bool], float] = {}
+    for setting in [(size, flip) for size in sizes for flip in (False, True)]:
+        seg.cfg.input_size, seg.cfg.tta_flip = setting
+        scores[setting] = evaluate(seg, val_pairs, progress=False)[0]["iou"]
+    seg.cfg.input_size, seg.cfg.tta_flip = best_setting = max(scores, key=scores.__getitem__)
+    name = {setting: f"{setting[0]}{'+flip' if setting[1] else ''}" for setting in scores}
+    table, best = {name[k]: v for k, v in scores.items()}, name[best_setting]
     print("inference settings by val mIoU: " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()) + f" -> {best}")
     return {"val_miou": {k: round(v, 4) for k, v in table.items()}, "chosen": best}
 

@@ -15,9 +15,10 @@ Arch = Literal["pix2pix_unet", "effnet_unet"]
 class ModelConfig:
     """Everything needed to rebuild a generator and feed it.
 
-    ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
-    fully convolutional generators accept other sizes, and export picks the best on val). ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
+    ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
     apply), ``effnet_unet`` is the transfer-learning U-Net with an EfficientNet-Lite0 encoder.
+    ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
+    generators are fully convolutional, and export may pick another size on val).
     Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
     """
 
