@@ -1,4 +1,4 @@
-# Two targets:  make run  (start the demo)  and  make test  (lint + test suite).
+# Two targets:  make run  (start the demo)  and  make test  (lint, format check, test suite).
 # Both create .venv when missing and pip install only when the requirements changed since the last install.
 
 PYTHON ?= python3
@@ -13,6 +13,7 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-dev /usr/bin/chromium
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 $(BIN)/python:

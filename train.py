@@ -19,11 +19,11 @@ import json
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from segmenter.config import ModelConfig
-from segmenter.data import DEFAULT_DATA_DIR, SegmentationDataset, load_pairs
+from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, SegmentationDataset, load_pairs, parse_sources
+from segmenter.export import EXPORT_FILES, copy_export, export_run, push_to_hub, write_card  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
 from segmenter.model import build_discriminator, build_generator, load_lite0_imagenet
+from segmenter.pipeline import binarize
 
 
 @dataclass
@@ -50,6 +52,10 @@ class TrainConfig:
     data: str = str(DEFAULT_DATA_DIR)
     train_split: str = "train"
     val_split: str = "val"
+    datasets: str = ""  # training mix, NAME[:SPLIT[:WEIGHT]],... (segmenter.data.parse_sources); "" = --data
+    val_datasets: str = ""  # validation sets, NAME[:SPLIT],...; "" = --data --val-split
+    data_root: str = str(DATA_ROOT)
+    epoch_samples: int = 0  # samples drawn per epoch from the mix; 0: the number of training photos
     arch: str = "pix2pix_unet"
     ngf: int = 64
     ndf: int = 64
@@ -68,6 +74,10 @@ class TrainConfig:
     size: int = 256
     aug: str = "pix2pix"
     composite_p: float = 0.0
+    paste_p: float = 0.0
+    dice_weight: float = 0.0
+    presence_weight: float = 0.0
+    init_from: str = ""
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -90,6 +100,12 @@ HELP: dict[str, str] = {
     "data": "dataset folder (with split.csv, or Training_Images/ + Ground_Truth/) or an images,masks[,split] CSV",
     "train_split": "split column value of the training rows",
     "val_split": "split column value of the validation rows (choose the best epoch)",
+    "datasets": "train on a mix instead of --data: NAME[:SPLIT[:WEIGHT]],... (NAME under --data-root or a path; "
+                "WEIGHT: the source's share of each epoch's samples)",
+    "val_datasets": "validation sets NAME[:SPLIT],... (default split val); the best epoch has the highest mean of "
+                    "their IoUs",
+    "data_root": "folder that --datasets and --val-datasets names are relative to",
+    "epoch_samples": "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos",
     "arch": "generator",
     "ngf": "pix2pix_unet: width of the first generator layer",
     "ndf": "PatchGAN discriminator: width of the first layer",
@@ -106,8 +122,13 @@ HELP: dict[str, str] = {
     "gan_weight": "weight of G's adversarial loss; 0: L1 only (no discriminator)",
     "real_label": "D's target for real pairs; <1: one-sided label smoothing",
     "size": "training resolution (pix2pix_unet: a power of two >= 32; effnet_unet: a multiple of 32)",
-    "aug": "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour",
+    "aug": "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour; robust: strong with crops "
+           "that cut people at the edge, JPEG, blur and noise",
     "composite_p": "chance of pasting the person onto another training photo",
+    "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
+    "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
+    "presence_weight": "effnet_unet: > 0 adds a person-presence head trained with this BCE weight",
+    "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
     "seed": "random seed (rank r of a DDP run uses seed + r)",
     "device": "auto: cuda when available",
     "amp": "bf16/fp16 autocast on CUDA; always fp32 on CPU",
@@ -123,7 +144,7 @@ HELP: dict[str, str] = {
     "resume": "a run folder (or its last.pt) to continue in place",
     "preset": "starting defaults, which other options override",
 }
-CHOICES: dict[str, list[str]] = {"arch": ["pix2pix_unet", "effnet_unet"], "aug": ["pix2pix", "strong"],
+CHOICES: dict[str, list[str]] = {"arch": ["pix2pix_unet", "effnet_unet"], "aug": ["pix2pix", "strong", "robust"],
                                  "device": ["auto", "cpu", "cuda"]}  # fmt: skip
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -132,6 +153,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
             "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95, "batch_size": 8,
             "tune_inference": True},
+    # Foreign photos: all three datasets, copy-paste, the presence head; fine-tunes the HSD-only cpu model.
+    "cpu-robust": {"arch": "effnet_unet", "epochs": 16, "ndf": 32, "aug": "robust", "paste_p": 0.5, "composite_p": 0.0,
+                   "datasets": "Human-Segmentation-Dataset:train:0.5,PennFudanPed:train:0.3,Negatives:train:0.2",
+                   "val_datasets": "Human-Segmentation-Dataset,PennFudanPed,Negatives", "epoch_samples": 480,
+                   "presence_weight": 1.0, "real_label": 0.9, "lr": 1e-4, "lr_decay_every": 1, "lr_decay_g": 0.88,
+                   "lr_decay_d": 0.88, "batch_size": 8, "tune_inference": True, "init_from": "weights/"},
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
 }  # fmt: skip
@@ -175,6 +202,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--size {cfg.size}: pix2pix_unet needs a power of two >= 32")
     if cfg.arch == "effnet_unet" and (cfg.size < 32 or cfg.size % 32):
         parser.error(f"--size {cfg.size}: effnet_unet needs a multiple of 32")
+    try:
+        sources(cfg)
+    except ValueError as e:
+        parser.error(str(e))
     return cfg
 
 
@@ -197,7 +228,8 @@ def resume_config(saved: dict[str, Any], cfg: TrainConfig, given: dict[str, Any]
 def model_config(cfg: TrainConfig) -> ModelConfig:
     """The generator's config. The pix2pix U-Net halves down to 1x1: log2(size) levels (8 at 256)."""
     num_downs = cfg.size.bit_length() - 1 if cfg.arch == "pix2pix_unet" else ModelConfig.num_downs
-    return ModelConfig(arch=cfg.arch, ngf=cfg.ngf, num_downs=num_downs, input_size=cfg.size)  # type: ignore[arg-type]
+    return ModelConfig(arch=cfg.arch, ngf=cfg.ngf, num_downs=num_downs, input_size=cfg.size,  # type: ignore[arg-type]
+                       presence_head=cfg.arch == "effnet_unet" and cfg.presence_weight > 0)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -256,13 +288,24 @@ def set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
 # ------------------------------------------------------------------ evaluation and pictures
 @torch.no_grad()
 def validate(G: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float, float]:
-    """Mean per-image IoU and Dice at the model's resolution, and the mean L1, over ``loader``."""
+    """Mean per-image IoU and Dice at the model's resolution, and the mean L1, over ``loader``.
+
+    Masks are what the package serves at this resolution: probability >= the default threshold, emptied when the
+    presence head (if any) says "no person" at the default presence threshold.
+    """
     G.eval()
     ious, dices, l1s = [], [], []
+    mcfg = ModelConfig()
+    has_presence = getattr(G, "presence", None) is not None
     for img, mask in loader:
-        fake = G(img.to(device)).float()
+        if has_presence:
+            fake, logit = G(img.to(device), with_presence=True)
+            present = torch.sigmoid(logit.float()) >= mcfg.presence_threshold
+        else:
+            fake, present = G(img.to(device)), torch.ones(len(img), dtype=torch.bool, device=device)
+        fake = fake.float()
         target = mask.to(device) > 0
-        pred = fake > 0  # tanh > 0  <=>  probability > 0.5
+        pred = binarize(((fake + 1) / 2)[:, 0], mcfg.threshold)[:, None] & present[:, None, None, None]
         inter = (pred & target).flatten(1).sum(1).float()
         union = (pred | target).flatten(1).sum(1).float()
         total = pred.flatten(1).sum(1).float() + target.flatten(1).sum(1).float()
@@ -271,6 +314,16 @@ def validate(G: nn.Module, loader: DataLoader, device: torch.device) -> tuple[fl
         l1s += (fake - mask.to(device)).abs().flatten(1).mean(1).tolist()
     G.train()
     return float(np.mean(ious)), float(np.mean(dices)), float(np.mean(l1s))
+
+
+def validate_all(G: nn.Module, val_sets: list[tuple[str, DataLoader]], device: torch.device) -> dict[str, float]:
+    """validate() on every val set: val_iou/val_dice/val_l1 are the means over the sets (one set: its own figures),
+    plus ``val_iou/<name>`` per set when there are several."""
+    per_set = {name: validate(G, loader, device) for name, loader in val_sets}
+    out = {key: float(np.mean([m[k] for m in per_set.values()])) for k, key in enumerate(("val_iou", "val_dice", "val_l1"))}
+    if len(per_set) > 1:
+        out |= {f"val_iou/{name}": m[0] for name, m in per_set.items()}
+    return out
 
 
 @torch.no_grad()
@@ -306,46 +359,6 @@ def plot_curves(log: list[dict[str, Any]], path: Path, size: int) -> None:
     plt.close(fig)
 
 
-MODEL_CARD = """---
-license: mit
-library_name: pytorch
-tags: [image-segmentation, person-segmentation, pix2pix, gan]
-{datasets_yaml}pipeline_tag: image-segmentation
----
-# Person segmentation: {arch} trained as a Pix2Pix generator
-
-Binary person masks from RGB photos. Input: an RGB photo resized to {input_size}x{input_size} (trained at
-{size}x{size}; {inference_note}), scaled to [-1, 1]; output: a tanh map, probability = (y + 1) / 2, person where
-it is >= {threshold}.
-Load it with `Segmenter.from_pretrained(<this folder or repo id>)` from this project's `segmenter` package.
-
-## Results (masks compared at each photo's original size, threshold {threshold}, mean per-image)
-| split | images | mIoU | Dice | pixel accuracy | boundary F |
-|---|---|---|---|---|---|
-{rows}
-
-Weights: `model.safetensors` ({dtype}), sha256 `{sha256}`.
-
-## Training
-Training ID `{run_id}`, preset `{preset}`: `{command}`{resumed}.
-Generator `{arch}`, {objective},
-Adam lr {lr} betas ({beta1}, {beta2}), {epochs} epochs, batch {batch_size}, augmentation `{aug}`
-(compositing p={composite_p}). The model kept is the best epoch by validation IoU (epoch {best_epoch}).
-The test split was never used for training or for choosing the model.
-
-## Data
-{data_section}
-
-## Intended use and limitations
-A demo-grade person/background segmenter for photos and webcam snapshots. Trained on {train_images} photos, mostly
-single, centred people; expect weaker masks on crowds, tiny or partial people, unusual poses, and fine
-structures such as hair. Not for surveillance, identification or any decision about a person.
-"""
-HSD_SECTION = """The Human Segmentation Dataset (290 photos of people with masks; split 230 train / 30 val / 30 test by
-`split.csv`). Its masks were themselves produced by a background-removal service, so they carry that
-service's errors; the dataset ships no licence file, so check its terms before commercial use."""
-
-
 def write_logs(run_dir: Path, log: list[dict[str, Any]], append: bool) -> None:
     """log.jsonl (one record per epoch; ``append``: only the last) and metrics.csv (all of them)."""
     with open(run_dir / "log.jsonl", "a" if append else "w") as f:
@@ -356,129 +369,72 @@ def write_logs(run_dir: Path, log: list[dict[str, Any]], append: bool) -> None:
         w.writerows(log)
 
 
-def _inference_note(mcfg: ModelConfig) -> str:
-    tuning = mcfg.meta.get("inference_tuning")
-    flip = "averaged with the mirrored photo" if mcfg.tta_flip else "no test-time augmentation"
-    if not tuning:
-        return flip
-    tried = ", ".join(f"{k} {v:.4f}" for k, v in tuning["val_miou"].items())
-    return f"{flip}; size and flip chosen by val mIoU among {tried}"
-
-
-def write_card(folder: Path, cfg: TrainConfig, mcfg: ModelConfig) -> None:
-    """README.md: the model card, from the export's config (metrics, sha256, provenance) and the run's config."""
-    meta = mcfg.meta
-    rows = [
-        f"| {split} | {m['images']} | {m['iou']:.4f} | {m['dice']:.4f} | {m['accuracy']:.4f} | {m['boundary_f']:.4f} |"
-        for split, m in meta.get("metrics", {}).items()
-    ]
-    data, counts = Path(cfg.data), meta["data"]
-    hsd = data.name == DEFAULT_DATA_DIR.name
-    data_section = HSD_SECTION if hsd else (f"`{data.parent.name}/{data.name}`: {counts['train_images']} training "
-                                            f"and {counts['val_images']} validation photos with person masks.")  # fmt: skip
-    objective = (f"70x70 PatchGAN discriminator (ndf {cfg.ndf}), GAN weight {cfg.gan_weight} + L1 x {cfg.l1_lambda}"
-                 if cfg.gan_weight > 0 else f"L1 loss only (x {cfg.l1_lambda}, no discriminator)")  # fmt: skip
-    text = MODEL_CARD.format(**dataclasses.asdict(cfg) | {
-        "input_size": mcfg.input_size, "inference_note": _inference_note(mcfg), "threshold": mcfg.threshold, "rows": "\n".join(rows) or "| (none) | 0 | | | | |", "dtype": meta["dtype"],
-        "sha256": meta["sha256"], "command": meta["commands"][0],
-        "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]), "best_epoch": meta["best_epoch"],
-        "objective": objective, "train_images": counts["train_images"], "data_section": data_section,
-        "datasets_yaml": f"datasets: [{DEFAULT_DATA_DIR.name}]\n" if hsd else "",
-    })  # fmt: skip
-    (folder / "README.md").write_text(text)
-
-
-EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
-
-
-def push_to_hub(folder: Path, repo_id: str) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; the token comes from HF_TOKEN or the cached login."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", allow_patterns=list(EXPORT_FILES),
-                             commit_message="Upload person-segmentation generator")  # fmt: skip
-    return str(getattr(info, "commit_url", info))
-
-
-def tune_inference(seg: Any, val_pairs: list[Any]) -> dict[str, Any]:
-    """Pick the inference size and flip averaging that maximise val mIoU (never test); sets them on ``seg.cfg``.
-
-    Sizes run from the training size to twice it in steps of 64 (effnet_unet; the pix2pix U-Net needs multiples of
-    2**num_downs, so it keeps its size). Returns the val mIoU of every candidate.
-    """
-    from segmenter.metrics import evaluate
-
-    if not val_pairs:
-        return {}
-    base = seg.cfg.input_size
-    sizes = range(base, 2 * base + 1, 64) if seg.cfg.arch == "effnet_unet" else [base]
-    scores: dict[tuple[int, bool], float] = {}
-    for setting in [(size, flip) for size in sizes for flip in (False, True)]:
-        seg.cfg.input_size, seg.cfg.tta_flip = setting
-        scores[setting] = evaluate(seg, val_pairs, progress=False)[0]["iou"]
-    seg.cfg.input_size, seg.cfg.tta_flip = best_setting = max(scores, key=scores.__getitem__)
-    name = {setting: f"{setting[0]}{'+flip' if setting[1] else ''}" for setting in scores}
-    table, best = {name[k]: v for k, v in scores.items()}, name[best_setting]
-    print("inference settings by val mIoU: " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()) + f" -> {best}")
-    return {"val_miou": {k: round(v, 4) for k, v in table.items()}, "chosen": best}
-
-
+# ------------------------------------------------------------------ export
 def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any],
            provenance: dict[str, Any]) -> Path:  # fmt: skip
-    """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics.
-
-    ``provenance`` (the commands that ran, image counts) goes into config.json's ``meta``.
-    """
-    from segmenter.inference import Segmenter, save_pretrained
-    from segmenter.metrics import evaluate
-
+    """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics;
+    then ``--export-to`` (swapped in whole) and the model card. ``provenance`` goes into config.json's ``meta``."""
     mcfg = model_config(cfg)
     G = build_generator(mcfg)
     G.load_state_dict(G_state)
     out = run_dir / "export"
     mcfg.meta = {"run_id": cfg.run_id, "preset": cfg.preset, "best_epoch": best["epoch"], **provenance,
                  "train_config": dataclasses.asdict(cfg)}  # fmt: skip
-    save_pretrained(G, mcfg, out, half=cfg.half)
-    seg = Segmenter.from_pretrained(out, device="cpu")
-    metrics = {}
-    if cfg.tune_inference and _has_split(cfg.data):
-        seg.cfg.meta["inference_tuning"] = tune_inference(seg, load_pairs(cfg.data, cfg.val_split))
-    splits = [cfg.val_split] + (["test"] if cfg.eval_test else [])
-    for split in splits:
-        try:
-            pairs = load_pairs(cfg.data, split)
-        except ValueError:
-            continue
-        means, _ = evaluate(seg, pairs, progress=False)
-        metrics[split] = {"images": len(pairs), **{k: round(v, 4) for k, v in means.items()}}
-    mcfg = seg.cfg
-    mcfg.meta["metrics"] = metrics
-    mcfg.save(out / "config.json")
-    write_card(out, cfg, mcfg)
+    _, val_sources = sources(cfg)
+    val_sets, test_sets = [], []
+    for src in val_sources:  # (a --data without split.csv has no named splits to record)
+        with contextlib.suppress(ValueError):
+            val_sets.append((f"{src.name}/{src.split}", load_pairs(src.path, src.split)))
+        if cfg.eval_test:  # recorded for the card, never used to choose
+            with contextlib.suppress(ValueError):
+                test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
+    mcfg = export_run(G, mcfg, out, val_sets, test_sets, tune=cfg.tune_inference and _has_split_sources(cfg), half=cfg.half)
+    write_card(out, dataclasses.asdict(cfg), mcfg)
     if cfg.export_to:
-        dest = Path(cfg.export_to)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in EXPORT_FILES:
-            shutil.copy2(out / name, dest / name)
+        copy_export(out, Path(cfg.export_to))
     return out
 
 
+def _has_split_sources(cfg: TrainConfig) -> bool:
+    return bool(cfg.val_datasets) or _has_split(cfg.data)
+
+
 # ------------------------------------------------------------------ main
+LOSS_KEYS = ("loss_d", "loss_g_gan", "loss_g_l1", "loss_g_dice", "loss_presence")
+
+
+def soft_dice_loss(fake: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice between the probability (fake + 1) / 2 and the target (mask + 1) / 2, averaged over the batch.
+
+    A photo without a person (empty target) scores 1 only with an empty prediction (+1 smoothing).
+    """
+    p, t = ((fake.float() + 1) / 2).flatten(1), ((mask + 1) / 2).flatten(1)
+    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+
+
+def presence_target(mask: torch.Tensor) -> torch.Tensor:
+    """(B,1,S,S) masks in {-1,1} -> (B,) 1.0 where at least 0.1% of the frame is person."""
+    return ((mask > 0).flatten(1).float().mean(1) >= 1e-3).float()
+
+
 def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, img: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig,
-               autocast: Any = None, scaler: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One Pix2Pix step: D on (image, real mask) vs (image, generated mask .detach()), then G on GAN + lambda x L1.
+               autocast: Any = None, scaler: Any = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One Pix2Pix step: D on (image, real mask) vs (image, generated mask .detach()), then G on
+    GAN + lambda x L1 (+ Dice, + the presence head's BCE when those weights are > 0).
 
     ``G``/``D_train`` may be DDP-wrapped; ``D`` is the bare discriminator, used (frozen) for G's adversarial term.
-    Returns the (loss_d, loss_g_gan, loss_g_l1) tensors; with ``cfg.gan_weight == 0`` only L1 trains G.
+    Returns the LOSS_KEYS tensors; with ``cfg.gan_weight == 0`` no discriminator trains.
     """
     autocast = contextlib.nullcontext() if autocast is None else autocast
     scaler = torch.amp.GradScaler(enabled=False) if scaler is None else scaler
+    zero = torch.zeros((), device=img.device)
+    losses = dict.fromkeys(LOSS_KEYS, zero)
     with autocast:
-        fake = G(img)  # (B,1,S,S) in [-1,1]
-    loss_d = loss_g_gan = torch.zeros((), device=img.device)
+        if cfg.presence_weight > 0:
+            fake, logit = G(img, with_presence=True)  # (B,1,S,S) in [-1,1], (B,)
+        else:
+            fake, logit = G(img), None
     if cfg.gan_weight > 0:
         # D: real pairs -> real_label, generated pairs (detached) -> 0
         with autocast:
@@ -493,36 +449,96 @@ def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.opti
         D.requires_grad_(False)
         with autocast:
             pred = D(torch.cat([img, fake], 1))
-            loss_g_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
+            losses["loss_g_gan"] = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
         D.requires_grad_(True)
-    loss_g_l1 = F.l1_loss(fake.float(), mask)
-    loss_g = cfg.gan_weight * loss_g_gan + cfg.l1_lambda * loss_g_l1
+        losses["loss_d"] = loss_d
+    losses["loss_g_l1"] = F.l1_loss(fake.float(), mask)
+    loss_g = cfg.gan_weight * losses["loss_g_gan"] + cfg.l1_lambda * losses["loss_g_l1"]
+    if cfg.dice_weight > 0:
+        losses["loss_g_dice"] = soft_dice_loss(fake, mask)
+        loss_g = loss_g + cfg.dice_weight * losses["loss_g_dice"]
+    if logit is not None:
+        losses["loss_presence"] = F.binary_cross_entropy_with_logits(logit.float(), presence_target(mask))
+        loss_g = loss_g + cfg.presence_weight * losses["loss_presence"]
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    return loss_d, loss_g_gan, loss_g_l1
+    return losses
 
 
+def sources(cfg: TrainConfig) -> tuple[list[DataSource], list[DataSource]]:
+    """The training mix and the validation sets: ``--datasets``/``--val-datasets``, or ``--data`` with its splits."""
+    train = parse_sources(cfg.datasets, cfg.data_root) if cfg.datasets else [DataSource(cfg.data, cfg.train_split)]
+    val = (parse_sources(cfg.val_datasets, cfg.data_root, split="val") if cfg.val_datasets
+           else [DataSource(cfg.data, cfg.val_split)])  # fmt: skip
+    return train, val
 
-def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """Train and val datasets, decoded once: a missing or unreadable file raises ValueError naming it.
 
-    Without a split, the last eighth of the pairs is held out for validation.
+def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[tuple[str, SegmentationDataset]]]:
+    """(train dataset, per-photo sampling weights, [(name, val dataset)]), decoded once.
+
+    A missing or unreadable file raises ValueError naming it. Without a split, the last eighth of ``--data`` is
+    held out for validation. A photo's sampling weight is its source's weight over the source's size.
     """
-    if _has_split(cfg.data):
-        train_pairs, val_pairs = load_pairs(cfg.data, cfg.train_split), load_pairs(cfg.data, cfg.val_split)
-    else:
+    train_sources, val_sources = sources(cfg)
+    if not cfg.datasets and not _has_split(cfg.data):
         pairs = load_pairs(cfg.data)
         if len(pairs) < 2:
             raise ValueError(f"{cfg.data}: need at least 2 image pairs to hold one out for validation")
         k = max(1, len(pairs) // 8)
-        train_pairs, val_pairs = pairs[:-k], pairs[-k:]
+        train_parts, val_parts = [pairs[:-k]], [pairs[-k:]]
+    else:
+        train_parts = [load_pairs(src.path, src.split) for src in train_sources]
+        val_parts = [load_pairs(src.path, src.split) for src in val_sources]
     if cfg.limit:
-        train_pairs, val_pairs = train_pairs[: cfg.limit], val_pairs[: cfg.limit]
-    train_ds = SegmentationDataset(train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p)
-    val_ds = SegmentationDataset(val_pairs, train=False, size=cfg.size)
-    return train_ds, val_ds
+        train_parts, val_parts = [p[: cfg.limit] for p in train_parts], [p[: cfg.limit] for p in val_parts]
+    weights = [src.weight / len(part) for src, part in zip(train_sources, train_parts, strict=True) for _ in part]
+    train_pairs = [pair for part in train_parts for pair in part]
+    train_ds = SegmentationDataset(train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p,
+                                   paste_p=cfg.paste_p)  # fmt: skip
+    val_sets = [(src.name, SegmentationDataset(part, train=False, size=cfg.size))
+                for src, part in zip(val_sources, val_parts, strict=True)]  # fmt: skip
+    return train_ds, weights, val_sets
+
+
+def make_sampler(cfg: TrainConfig, train_ds: SegmentationDataset, weights: list[float], gen: torch.Generator,
+                 ddp: bool, world: int, rank: int) -> Sampler | None:  # fmt: skip
+    """DDP: a DistributedSampler; a --datasets mix: draws by the sources' weights; else None (plain shuffling)."""
+    if ddp:
+        if cfg.datasets:
+            raise SystemExit("--datasets draws by sampling weights, which needs a single process (no torchrun)")
+        return DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed)
+    if not cfg.datasets:
+        return None
+    return WeightedRandomSampler(weights, cfg.epoch_samples or len(train_ds), replacement=True, generator=gen)
+
+
+def init_generator(G: nn.Module, weights: str) -> None:
+    """Load exported generator weights into ``G``; only a presence head the export lacks may be left as initialised."""
+    from segmenter.inference import Segmenter
+
+    state = Segmenter.from_pretrained(weights, device="cpu").model.state_dict()
+    missing, unexpected = G.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("presence.") for k in missing):
+        raise SystemExit(f"--init-from {weights}: does not fit this generator (missing {missing}, unexpected {unexpected})")
+    print(f"initialised G from {weights}" + (f" (new: {len(missing)} presence-head tensors)" if missing else ""))
+
+
+@torch.no_grad()
+def save_augmented(ds: SegmentationDataset, path: Path, seed: int, n: int = 16) -> None:
+    """A picture of ``n`` augmented training samples (photo, then mask tinted red), drawn without disturbing any RNG."""
+    from torchvision.utils import save_image
+
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    random.seed(seed), torch.manual_seed(seed)
+    tiles = []
+    for i in random.sample(range(len(ds)), min(n, len(ds))):
+        img, mask = ds[i]
+        img, m = (img + 1) / 2, (mask + 1) / 2
+        tiles.append(img * (1 - 0.5 * m) + 0.5 * m * torch.tensor([1.0, 0.0, 0.2]).view(3, 1, 1))
+    torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])
+    save_image(torch.stack(tiles), path, nrow=8, padding=2, pad_value=1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,10 +550,44 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
-def run(argv: list[str]) -> int:
-    """The training run ``argv`` describes (see main)."""
-    cfg = parse_args(argv)
-    command = shlex.join(["python", "train.py", *argv])
+@dataclass
+class Run:
+    """Everything one training process holds: its config, place, data, models, optimisers and progress."""
+
+    cfg: TrainConfig
+    commands: list[str]
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    train_ds: SegmentationDataset
+    val_sets: list[tuple[str, SegmentationDataset]]
+    loader: DataLoader
+    val_loaders: list[tuple[str, DataLoader]]
+    loader_gen: torch.Generator
+    samples: tuple[torch.Tensor, torch.Tensor]
+    G: nn.Module = None  # type: ignore[assignment]
+    D: nn.Module = None  # type: ignore[assignment]
+    G_train: nn.Module = None  # type: ignore[assignment]  # G, DDP-wrapped under torchrun
+    D_train: nn.Module = None  # type: ignore[assignment]
+    opt_g: torch.optim.Optimizer = None  # type: ignore[assignment]
+    opt_d: torch.optim.Optimizer = None  # type: ignore[assignment]
+    sched_g: Any = None
+    sched_d: Any = None
+    autocast: Any = None
+    scaler: Any = None
+    start_epoch: int = 0
+    best: dict[str, Any] = dataclasses.field(default_factory=lambda: {"val_iou": -1.0, "epoch": -1})
+    best_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_process(cfg: TrainConfig) -> tuple[torch.device, int, int]:
+    """DDP process group (under torchrun), device and CPU threads -> (device, rank, world size)."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     if cfg.device == "auto":
@@ -549,94 +599,178 @@ def run(argv: list[str]) -> int:
         torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    master = rank == 0
+    return device, rank, world
 
-    # Resume: the checkpoint's config, continued in the checkpoint's folder
-    ckpt, commands = None, [command]
-    if cfg.resume:
+
+def setup(argv: list[str]) -> tuple[Run, dict[str, Any] | None]:
+    """Config (or the checkpoint's, on --resume), data decoded once, run folder, seeds, loaders -> (Run, checkpoint)."""
+    cfg = parse_args(argv)
+    command = shlex.join(["python", "train.py", *argv])
+    device, rank, world = setup_process(cfg)
+    ckpt, commands, run_dir = None, [command], Path()
+    if cfg.resume:  # the checkpoint's config, continued in the checkpoint's folder
         ckpt_path = find_checkpoint(cfg.resume)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = resume_config(ckpt["config"], cfg, given_options(argv))
-        cfg.out_dir = str(ckpt_path.parent.parent)
-        run_dir = ckpt_path.parent
+        cfg.out_dir, run_dir = str(ckpt_path.parent.parent), ckpt_path.parent
         commands = [*ckpt.get("commands", []), command]
-
-    # Data (decoded once; a missing or unreadable file stops here, naming it, before the run folder exists)
-    try:
-        train_ds, val_ds = load_data(cfg)
+    try:  # a missing or unreadable file stops here, naming it, before the run folder exists
+        train_ds, sample_weights, val_sets = load_data(cfg)
     except ValueError as e:
         raise SystemExit(f"data error: {e}") from None
-
     if ckpt is None:
         if not cfg.run_id:
             cfg.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-            if ddp:  # every rank must agree on the ID
+            if world > 1:  # every rank must agree on the ID
                 ids = [cfg.run_id]
                 dist.broadcast_object_list(ids, src=0)
                 cfg.run_id = ids[0]
         run_dir = Path(cfg.out_dir) / cfg.run_id
         if (run_dir / "last.pt").exists():
             raise SystemExit(f"{run_dir} already holds a run: --resume {run_dir}, or choose another --run-id")
-    if master:
+    if rank == 0:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
-
     loader_gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if ddp else None
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    sampler = make_sampler(cfg, train_ds, sample_weights, loader_gen, ddp, world, rank)
     per_rank = len(sampler) if sampler is not None else len(train_ds)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=loader_gen, num_workers=cfg.workers, drop_last=per_rank > cfg.batch_size,
-                              persistent_workers=cfg.workers > 0)  # fmt: skip
-    val_loader = DataLoader(val_ds, batch_size=16)
-    n_samples = min(cfg.samples, len(val_ds))
-    sample_imgs = torch.stack([val_ds[i][0] for i in range(n_samples)])
-    sample_masks = torch.stack([val_ds[i][1] for i in range(n_samples)])
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=loader_gen, num_workers=cfg.workers, drop_last=per_rank > cfg.batch_size,
+                        persistent_workers=cfg.workers > 0)  # fmt: skip
+    first_val = val_sets[0][1]
+    picks = range(min(cfg.samples, len(first_val)))
+    samples = (torch.stack([first_val[i][0] for i in picks]), torch.stack([first_val[i][1] for i in picks]))
+    if rank == 0 and ckpt is None:
+        save_augmented(train_ds, run_dir / "augmented.png", cfg.seed)
+    run = Run(cfg, commands, run_dir, device, rank, world, train_ds, val_sets, loader,
+              [(name, DataLoader(ds, batch_size=16)) for name, ds in val_sets], loader_gen, samples)  # fmt: skip
+    return run, ckpt
 
-    # Models, optimisers, schedulers
-    mcfg = model_config(cfg)
-    G = build_generator(mcfg).to(device)
-    if cfg.arch == "effnet_unet" and cfg.pretrained and ckpt is None:
+
+def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
+    """G and D with their optimisers and schedulers, fresh (ImageNet encoder or --init-from) or from the checkpoint."""
+    cfg, device = run.cfg, run.device
+    run.G = G = build_generator(model_config(cfg)).to(device)
+    if cfg.init_from and ckpt is None:
+        init_generator(G, cfg.init_from)
+    elif cfg.arch == "effnet_unet" and cfg.pretrained and ckpt is None:
         load_lite0_imagenet(G.encoder)
-    use_gan = cfg.gan_weight > 0
-    D = build_discriminator(in_channels=4, ndf=cfg.ndf).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay_g)
-    sched_d = torch.optim.lr_scheduler.StepLR(opt_d, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay_d)
-    start_epoch, best = 0, {"val_iou": -1.0, "epoch": -1}
-    best_state = {k: v.detach().clone() for k, v in G.state_dict().items()}
-    log: list[dict[str, Any]] = []
+    run.D = D = build_discriminator(in_channels=4, ndf=cfg.ndf).to(device)
+    run.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    run.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    run.sched_g = torch.optim.lr_scheduler.StepLR(run.opt_g, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay_g)
+    run.sched_d = torch.optim.lr_scheduler.StepLR(run.opt_d, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay_d)
+    run.best_state = {k: v.detach().clone() for k, v in G.state_dict().items()}
     if ckpt is not None:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        sched_g.load_state_dict(ckpt["sched_g"])
-        sched_d.load_state_dict(ckpt["sched_d"])
-        start_epoch, best, best_state, log = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_G"], ckpt["log"]
+        for name in ("G", "D", "opt_g", "opt_d", "sched_g", "sched_d"):
+            getattr(run, name).load_state_dict(ckpt[name])
+        run.start_epoch, run.best, run.best_state, run.log = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_G"], ckpt["log"]
         states = ckpt.get("rng_ranks") or [ckpt["rng"]]  # per rank (DDP), or rank 0's alone (older checkpoints)
-        set_rng_state(states[rank % len(states)], loader_gen)
-        if master:
-            for stale in run_dir.glob(".*.tmp"):  # from a save that was killed
+        set_rng_state(states[run.rank % len(states)], run.loader_gen)
+        if run.master:
+            for stale in run.run_dir.glob(".*.tmp"):  # from a save that was killed
                 stale.unlink()
-            write_logs(run_dir, log, append=False)  # drop records of an epoch whose checkpoint never landed
-            print(f"resumed {run_dir} after epoch {start_epoch} of {cfg.epochs}")
-    G_train = nn.parallel.DistributedDataParallel(G) if ddp else G
-    D_train = nn.parallel.DistributedDataParallel(D) if ddp and use_gan else D
+            write_logs(run.run_dir, run.log, append=False)  # drop records of an epoch whose checkpoint never landed
+            print(f"resumed {run.run_dir} after epoch {run.start_epoch} of {cfg.epochs}")
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    run.G_train = nn.parallel.DistributedDataParallel(G) if ddp else G
+    run.D_train = nn.parallel.DistributedDataParallel(D) if ddp and cfg.gan_weight > 0 else D
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda" and amp_dtype == torch.float16)
-
-    if master:
+    run.autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp and device.type == "cuda")
+    run.scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda" and amp_dtype == torch.float16)
+    if run.master:
         n_g = sum(p.numel() for p in G.parameters())
-        n_d = sum(p.numel() for p in D.parameters()) if use_gan else 0
-        print(f"run {cfg.run_id}: {cfg.arch} G {n_g:,} params, D {n_d:,} params, {len(train_ds)} train / "
-              f"{len(val_ds)} val images, {device}, {world} process(es) -> {run_dir}")  # fmt: skip
+        n_d = sum(p.numel() for p in D.parameters()) if cfg.gan_weight > 0 else 0
+        print(f"run {cfg.run_id}: {cfg.arch} G {n_g:,} params, D {n_d:,} params, {len(run.train_ds)} train / "
+              f"{sum(len(ds) for _, ds in run.val_sets)} val images, {device}, {run.world} process(es) -> {run.run_dir}")  # fmt: skip
 
+
+def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> dict[str, float] | None:
+    """One pass over the loader -> mean losses (+ data-loading seconds), or None when ``stop()`` ended it early."""
+    if isinstance(run.loader.sampler, DistributedSampler):
+        run.loader.sampler.set_epoch(epoch)
+    t_data, sums, n = 0.0, dict.fromkeys(LOSS_KEYS, 0.0), 0
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False, disable=not run.master)
+    t_fetch = time.time()
+    for img, mask in bar:
+        t_data += time.time() - t_fetch
+        img, mask = img.to(run.device, non_blocking=True), mask.to(run.device, non_blocking=True)
+        losses = train_step(run.G_train, run.D_train, run.D, run.opt_g, run.opt_d, img, mask, run.cfg, run.autocast,
+                            run.scaler)  # fmt: skip
+        for key, value in losses.items():
+            sums[key] += value.item()
+        n += 1
+        bar.set_postfix(D=f"{sums['loss_d'] / n:.3f}", G_gan=f"{sums['loss_g_gan'] / n:.3f}", L1=f"{sums['loss_g_l1'] / n:.3f}")
+        if stop():
+            break
+        t_fetch = time.time()
+    bar.close()
+    if stop():  # mid-epoch: this epoch is dropped, the previous checkpoint stays
+        return None
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "data_seconds": t_data}
+
+
+def end_of_epoch(run: Run, epoch: int, losses: dict[str, float], t0: float) -> None:
+    """Schedulers step; rank 0 validates, keeps the best G, writes logs, samples, curves and the checkpoint."""
+    cfg = run.cfg
+    lr_g = run.opt_g.param_groups[0]["lr"]
+    run.sched_g.step()
+    if cfg.gan_weight > 0:  # (D never steps without a GAN loss)
+        run.sched_d.step()
+    if not run.master:
+        all_rng_states(run.loader_gen, run.world)  # join rank 0's gather for its checkpoint
+        return
+    val = validate_all(run.G, run.val_loaders, run.device)
+    record = {"epoch": epoch + 1, **{k: v for k, v in losses.items() if k != "data_seconds"}, "lr_g": lr_g,
+              "lr_d": run.opt_d.param_groups[0]["lr"], **val, "seconds": time.time() - t0,
+              "data_seconds": losses["data_seconds"]}  # fmt: skip
+    run.log.append(record)
+    if val["val_iou"] > run.best["val_iou"]:
+        run.best = {"val_iou": val["val_iou"], "val_dice": val["val_dice"], "epoch": epoch + 1}
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.G.state_dict().items()}
+    write_logs(run.run_dir, run.log, append=True)
+    save_samples(run.G, *run.samples, run.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", run.device)
+    plot_curves(run.log, run.run_dir / "curves.png", cfg.size)
+    rngs = all_rng_states(run.loader_gen, run.world)  # after every random draw of this epoch (validate draws one)
+    atomic_save({"G": run.G.state_dict(), "D": run.D.state_dict(), "opt_g": run.opt_g.state_dict(),
+                 "opt_d": run.opt_d.state_dict(), "sched_g": run.sched_g.state_dict(),
+                 "sched_d": run.sched_d.state_dict(), "epoch": epoch, "rng": rngs[0], "rng_ranks": rngs,
+                 "best": run.best, "best_G": run.best_state, "log": run.log, "config": dataclasses.asdict(cfg),
+                 "commands": run.commands}, run.run_dir / "last.pt")  # fmt: skip
+    best = run.best
+    print(f"epoch {epoch + 1}/{cfg.epochs}  D {record['loss_d']:.3f}  G_gan {record['loss_g_gan']:.3f}  "
+          f"L1 {record['loss_g_l1']:.4f}  val IoU {val['val_iou']:.4f}  Dice {val['val_dice']:.4f}  lr {lr_g:.2e}  "
+          f"{record['seconds']:.0f}s (data {record['data_seconds']:.1f}s)  best {best['val_iou']:.4f}@{best['epoch']}",
+          flush=True)  # fmt: skip
+
+
+def finish(run: Run) -> int:
+    """Rank 0 exports the best epoch (and pushes it to the Hub); returns the exit code."""
+    cfg = run.cfg
+    train_sources, val_sources = sources(cfg)
+    data = {"train_images": len(run.train_ds), "val_images": sum(len(ds) for _, ds in run.val_sets),
+            "sources": [dataclasses.asdict(s) for s in train_sources],
+            "val_sources": [dataclasses.asdict(s) for s in val_sources]}  # fmt: skip
+    out = export(cfg, run.run_dir, run.best_state, run.best, {"commands": run.commands, "data": data})
+    print(f"exported best epoch {run.best['epoch']} (val IoU {run.best['val_iou']:.4f}) -> {out}")
+    if cfg.push_to_hub:
+        try:
+            print(f"pushed to the Hub: {push_to_hub(out, cfg.push_to_hub)}")
+        except Exception as e:  # network, auth, ...: the run itself is complete
+            print(f"push to {cfg.push_to_hub} failed ({type(e).__name__}: {e}); the export is in {out}; retry with: "
+                  f"python train.py --resume {run.run_dir} --push-to-hub {cfg.push_to_hub}", file=sys.stderr)  # fmt: skip
+            return 1
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    """The training run ``argv`` describes (see main): set up, train epoch by epoch, export."""
+    run, ckpt = setup(argv)
+    build_models(run, ckpt)
     interrupted = False
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -644,86 +778,32 @@ def run(argv: list[str]) -> int:
         if interrupted:
             raise KeyboardInterrupt
         interrupted = True
-        if master:
+        if run.master:
             print("\nCtrl-C: stopping after this step; the last end-of-epoch checkpoint is kept (Ctrl-C again to abort)",
                   file=sys.stderr)  # fmt: skip
 
     signal.signal(signal.SIGINT, on_sigint)
-    done = start_epoch  # epochs in the checkpoint
-    for epoch in range(start_epoch, cfg.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        t0, t_data, sums, n = time.time(), 0.0, {"loss_d": 0.0, "loss_g_gan": 0.0, "loss_g_l1": 0.0}, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not master)
-        t_fetch = time.time()
-        for img, mask in bar:
-            t_data += time.time() - t_fetch
-            img, mask = img.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            loss_d, loss_g_gan, loss_g_l1 = train_step(G_train, D_train, D, opt_g, opt_d, img, mask, cfg, autocast, scaler)
-            sums["loss_d"] += loss_d.item()
-            sums["loss_g_gan"] += loss_g_gan.item()
-            sums["loss_g_l1"] += loss_g_l1.item()
-            n += 1
-            bar.set_postfix(D=f"{sums['loss_d'] / n:.3f}", G_gan=f"{sums['loss_g_gan'] / n:.3f}", L1=f"{sums['loss_g_l1'] / n:.3f}")
-            if interrupted:
-                break
-            t_fetch = time.time()
-        bar.close()
-        if interrupted:  # mid-epoch: this epoch is dropped, the previous checkpoint stays
+    done = run.start_epoch  # epochs in the checkpoint
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        t0 = time.time()
+        losses = train_epoch(run, epoch, lambda: interrupted)
+        if losses is None:
             break
-        lr_g = opt_g.param_groups[0]["lr"]
-        sched_g.step()
-        if use_gan:  # (D never steps without a GAN loss)
-            sched_d.step()
-        if not master:
-            all_rng_states(loader_gen, world)  # join rank 0's gather for its checkpoint
-            continue
-        val_iou, val_dice, val_l1 = validate(G, val_loader, device)
-        record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}, "lr_g": lr_g,
-                  "lr_d": opt_d.param_groups[0]["lr"], "val_iou": val_iou, "val_dice": val_dice, "val_l1": val_l1,
-                  "seconds": time.time() - t0, "data_seconds": t_data}  # fmt: skip
-        log.append(record)
-        if val_iou > best["val_iou"]:
-            best = {"val_iou": val_iou, "val_dice": val_dice, "epoch": epoch + 1}
-            best_state = {k: v.detach().cpu().clone() for k, v in G.state_dict().items()}
-        write_logs(run_dir, log, append=True)
-        save_samples(G, sample_imgs, sample_masks, run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", device)
-        plot_curves(log, run_dir / "curves.png", cfg.size)
-        rngs = all_rng_states(loader_gen, world)  # after every random draw of this epoch (validate draws one)
-        atomic_save({"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                     "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(), "epoch": epoch,
-                     "rng": rngs[0], "rng_ranks": rngs, "best": best, "best_G": best_state, "log": log,
-                     "config": dataclasses.asdict(cfg), "commands": commands}, run_dir / "last.pt")  # fmt: skip
+        end_of_epoch(run, epoch, losses, t0)
         done = epoch + 1
-        print(f"epoch {epoch + 1}/{cfg.epochs}  D {record['loss_d']:.3f}  G_gan {record['loss_g_gan']:.3f}  "
-              f"L1 {record['loss_g_l1']:.4f}  val IoU {val_iou:.4f}  Dice {val_dice:.4f}  lr {lr_g:.2e}  "
-              f"{record['seconds']:.0f}s (data {t_data:.1f}s)  best {best['val_iou']:.4f}@{best['epoch']}", flush=True)  # fmt: skip
         if interrupted:  # Ctrl-C while validating or saving: this epoch made it into the checkpoint
             break
-
-    if ddp:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.barrier()
         dist.destroy_process_group()
     if interrupted:
-        if master and done:
-            print(f"interrupted: {run_dir / 'last.pt'} holds epoch {done}/{cfg.epochs}; continue with: "
-                  f"python train.py --resume {run_dir}", file=sys.stderr)  # fmt: skip
-        elif master:
+        if run.master and done:
+            print(f"interrupted: {run.run_dir / 'last.pt'} holds epoch {done}/{run.cfg.epochs}; continue with: "
+                  f"python train.py --resume {run.run_dir}", file=sys.stderr)  # fmt: skip
+        elif run.master:
             print("interrupted in the first epoch, before any checkpoint: nothing to resume", file=sys.stderr)
         return 130
-    if not master:
-        return 0
-    out = export(cfg, run_dir, best_state, best,
-                 {"commands": commands, "data": {"train_images": len(train_ds), "val_images": len(val_ds)}})  # fmt: skip
-    print(f"exported best epoch {best['epoch']} (val IoU {best['val_iou']:.4f}) -> {out}")
-    if cfg.push_to_hub:
-        try:
-            print(f"pushed to the Hub: {push_to_hub(out, cfg.push_to_hub)}")
-        except Exception as e:  # network, auth, ...: the run itself is complete
-            print(f"push to {cfg.push_to_hub} failed ({type(e).__name__}: {e}); the export is in {out}; retry with: "
-                  f"python train.py --resume {run_dir} --push-to-hub {cfg.push_to_hub}", file=sys.stderr)  # fmt: skip
-            return 1
-    return 0
+    return finish(run) if run.master else 0
 
 
 def _has_split(data: str) -> bool:

@@ -10,9 +10,7 @@ import contextlib
 import io
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,12 +24,15 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # so `python bench/x.py` finds the segmenter package and train.py
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests"):  # `python bench/x.py` finds segmenter, train.py and the app launcher
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from served_app import serve_app  # noqa: E402
 
 from segmenter.config import ModelConfig  # noqa: E402
 from segmenter.data import DEFAULT_DATA_DIR, load_pair, load_pairs  # noqa: E402
-from segmenter.inference import CONFIG_NAME, WEIGHTS_NAME, save_pretrained  # noqa: E402
+from segmenter.export import CONFIG_NAME, WEIGHTS_NAME, save_pretrained  # noqa: E402
 from segmenter.model import build_generator  # noqa: E402
 
 SHIPPED_WEIGHTS = ROOT / "weights"
@@ -226,51 +227,14 @@ def jpeg_bytes(megapixels: float, quality: int = 90, seed: int = 0) -> bytes:
 APP = ROOT / "app.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class RunningApp:
-    url: str
-    pid: int
-    log: Path
-
-
 @contextlib.contextmanager
-def running_app(weights: Path, timeout: float = 180.0, env: dict[str, str] | None = None) -> Iterator[RunningApp]:
-    """Start ``app.py`` on a free localhost port with SEGMENTER_MODEL=weights; stop it (this process only) on exit."""
+def running_app(weights: Path, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """``app.py`` on a free localhost port with SEGMENTER_MODEL=weights (tests/served_app.py's helper, the one
+    every test, benchmark and script uses); yields its Served (``url``, ``proc``, ``log``)."""
     if not APP.is_file():
         raise FileNotFoundError(f"{APP} does not exist yet")
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="bench-app-", suffix=".log")[1])
-    child_env = {**os.environ, "SEGMENTER_MODEL": str(weights), "GRADIO_SERVER_NAME": "127.0.0.1",
-                 "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}  # fmt: skip
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(APP)], cwd=ROOT, env=child_env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}; log:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app.py did not listen on port {port} within {timeout:.0f}s; log: {log}")
-            time.sleep(0.5)
-        yield RunningApp(url, proc.pid, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as log_dir, serve_app(weights, Path(log_dir), **(env or {})) as app:
+        yield app
 
 
 def gradio_client(url: str, download: bool = True) -> Any:

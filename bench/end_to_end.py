@@ -1,12 +1,11 @@
-"""Photo bytes in, mask PNG out: where the time goes for 0.3, 1 and 12 megapixel JPEGs.
+"""Photo bytes in, mask PNG out: where the time goes for 0.3, 1 and 12 megapixel JPEGs, on the public pipeline.
 
-Stages (each timed on its own input, interleaved with the others and with the whole pipeline, per photo size):
-decode (JPEG bytes -> upright RGB, through ``Segmenter._prepare``: draft-mode decode for big JPEGs), resize
-(to the model's 256x256 input, normalised), model (the generator's forward), upsample (bilinear to the photo's
-size + threshold; with ``segmenter/refine.py`` present also the guided-filter refine, which needs the photo decoded
-at full size), encode (the mask as PNG, zlib level 1 as in app.py). "end to end" times ``Image.open -> Segmenter.get_mask
--> PNG`` as one call. With ``app.py`` present, its ``/segment`` handler is also timed stage by stage in process
-(its own functions) and end to end through gradio_client against the app started on a free localhost port.
+Stages (each timed on its own input, interleaved with the others and with the whole pipeline, per photo size), all
+public API: decode (``segmenter.images.as_pil``), preprocess (``Segmenter.preprocess``: resize + normalise), model
+(``Segmenter.predict_low_res``'s forward), upsample (``segmenter.pipeline.upsample``: the guided filter the Space
+uses), finish (``pipeline.finish``: threshold, presence gate, fill holes, feather), encode (``images.encode_png`` of
+the mask). "end to end" times ``Segmenter.segment`` + PNG as one call: exactly what ``POST /api/segment`` runs.
+With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port.
 
     .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~2 min)
     .venv/bin/python bench/end_to_end.py --quick      # 0.3 and 1 MP, few rounds, no app
@@ -16,7 +15,6 @@ at full size), encode (the mask as PNG, zlib level 1 as in app.py). "end to end"
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import time
 from collections.abc import Callable
@@ -41,120 +39,53 @@ from common import (
 )
 from PIL import Image
 
-from segmenter.inference import Segmenter, _binary, as_pil
-
-
-def encode_png(mask: Image.Image) -> bytes:
-    """PNG at zlib level 1, as app.py encodes its outputs (level 6, Pillow's default, is ~1.3-1.5x slower here)."""
-    buf = io.BytesIO()
-    mask.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+from segmenter.images import as_pil, encode_png
+from segmenter.inference import Segmenter
+from segmenter.pipeline import Options, finish, upsample
 
 
 def stage_calls(seg: Segmenter, data: bytes) -> dict[str, Callable[[], object]]:
     """name -> zero-argument call, each on the previous stage's (precomputed) output."""
-    pil, size = seg._prepare(Image.open(io.BytesIO(data)))
-    x = seg._batch([pil])
-    low = seg._forward(x)[0]
-    mask = Image.fromarray(_binary(seg._upsample(low, size), seg.threshold), "L")
-    calls: dict[str, Callable[[], object]] = {
-        "end to end": lambda: encode_png(seg.get_mask(Image.open(io.BytesIO(data)))),
-        "decode": lambda: seg._prepare(Image.open(io.BytesIO(data))),
-        "resize": lambda: seg._batch([pil]),
-        "model": lambda: seg._forward(x),
-        "upsample": lambda: Image.fromarray(_binary(seg._upsample(low, size), seg.threshold), "L"),
-        "encode": lambda: encode_png(mask),
+    photo = as_pil(Image.open(io.BytesIO(data)))
+    x = seg.preprocess([photo])
+    low, presence = seg.predict_low_res([photo])
+    prob = upsample(low[0], photo, "guided")
+    options = Options()
+    result = finish(photo, prob, None if presence is None else float(presence[0]), options, seg.threshold,
+                    seg.cfg.presence_threshold)  # fmt: skip
+    return {
+        "end to end": lambda: encode_png(seg.segment(Image.open(io.BytesIO(data))).mask),
+        "decode": lambda: as_pil(Image.open(io.BytesIO(data))),
+        "preprocess": lambda: seg.preprocess([photo]),
+        "model": lambda: seg.forward(x),
+        "upsample (guided)": lambda: upsample(low[0], photo, "guided"),
+        "finish": lambda: finish(photo, prob, None, options, seg.threshold, seg.cfg.presence_threshold),
+        "encode": lambda: encode_png(result.mask),
     }
-    if importlib.util.find_spec("segmenter.refine") is not None:
-        from segmenter.refine import guided_upsample
 
-        full = as_pil(Image.open(io.BytesIO(data)))  # the guide: the photo at full size
-        lowres = low.numpy()
-        calls["decode (full size)"] = lambda: as_pil(Image.open(io.BytesIO(data)))
-        calls["refine (guided)"] = lambda: Image.fromarray(_binary(guided_upsample(lowres, full), seg.threshold), "L")
-    return calls
+
+STAGES = ["decode", "preprocess", "model", "upsample (guided)", "finish", "encode"]
 
 
 def in_process(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float) -> tuple[str, dict[float, dict[str, Timing]]]:  # fmt: skip
     results: dict[float, dict[str, Timing]] = {}
     for mp in sizes:
         results[mp] = time_interleaved(stage_calls(seg, jpeg_bytes(mp)), rounds, warmup=1, max_seconds=max_seconds)
-    has_refine = "refine (guided)" in next(iter(results.values()))
-    headers = ["photo", "JPEG KB", "rounds", "decode", "resize", "model", "upsample", "encode (PNG, level 1)",
-               "sum of stages", "end to end", "e2e / model"]  # fmt: skip
-    if has_refine:
-        headers += ["with refine: decode full + refine", "refine pipeline / model"]
+    headers = ["photo", "JPEG KB", "rounds", *STAGES, "sum of stages", "end to end", "e2e / model"]
     rows = []
     for mp, t in results.items():
-        stages = ["decode", "resize", "model", "upsample", "encode"]
-        total = sum(t[s].p50 for s in stages)
+        total = sum(t[s].p50 for s in STAGES)
         row = [f"{mp:g} MP", str(len(jpeg_bytes(mp)) // 1024), str(len(t["model"].samples))]
-        row += [f"{ms(t[s].p50)} / {ms(t[s].p95)}" for s in stages]
-        row += [
-            ms(total),
-            f"{ms(t['end to end'].p50)} / {ms(t['end to end'].p95)}",
-            f"{t['end to end'].p50 / t['model'].p50:.2f}x",
-        ]
-        if has_refine:
-            refine_total = (
-                t["decode (full size)"].p50
-                + t["resize"].p50
-                + t["model"].p50
-                + t["refine (guided)"].p50
-                + t["encode"].p50
-            )
-            row += [
-                f"{ms(t['decode (full size)'].p50)} + {ms(t['refine (guided)'].p50)}",
-                f"{refine_total / t['model'].p50:.2f}x",
-            ]
+        row += [f"{ms(t[s].p50)} / {ms(t[s].p95)}" for s in STAGES]
+        row += [ms(total), f"{ms(t['end to end'].p50)} / {ms(t['end to end'].p95)}",
+                f"{t['end to end'].p50 / t['model'].p50:.2f}x"]  # fmt: skip
         rows.append(row)
-    table = "### In process: Segmenter.get_mask, ms p50 / p95\n\n" + markdown_table(headers, rows)
+    table = "### In process: Segmenter.segment + PNG, ms p50 / p95\n\n" + markdown_table(headers, rows)
     noisy = [f"{mp:g} MP" for mp, t in results.items() if t["model"].p95 > 1.5 * t["model"].p50]
     if noisy:
         table += (f"\n\nNoisy ({', '.join(noisy)}: model p95 > 1.5x p50): the CPU is shared or oversubscribed; "
                   "ratios are unreliable. Try --threads 1, more --rounds, or a quieter machine.")  # fmt: skip
     return table, results
-
-
-def app_stages(weights: Path, sizes: list[float], rounds: int, max_seconds: float) -> str:
-    """The app's /segment handler, stage by stage in this process (its own functions, imported from app.py)."""
-    try:
-        import app  # gradio and the app's settings; ROOT is on sys.path
-        from segmenter import blend, refine
-
-        predict = app.make_predictor(app.load_segmenter(weights))
-        rows = []
-        for mp in sizes:
-            path = write_temp_jpeg(jpeg_bytes(mp))
-            try:
-                image = app.load_image(str(path))
-                low = predict(image)
-                prob = app.probability_map(predict, image)
-                result = app.make_mask(prob, app.Cleanup())
-                cut = blend.cutout(image, result.alpha)
-                calls: dict[str, Callable[[], object]] = {
-                    "load_image": lambda path=path: app.load_image(str(path)),
-                    "model (predict_low_res)": lambda image=image: predict(image),
-                    "guided_upsample": lambda low=low, image=image: refine.guided_upsample(low, image),
-                    "make_mask (holes, feather)": lambda prob=prob: app.make_mask(prob, app.Cleanup()),
-                    "cutout": lambda image=image, result=result: blend.cutout(image, result.alpha),
-                    "PNG mask + cutout": lambda result=result, cut=cut: (
-                        app.encode_png(result.mask),
-                        app.encode_png(cut),
-                    ),
-                }
-                t = time_interleaved(calls, rounds, warmup=1, max_seconds=max_seconds)
-            finally:
-                path.unlink(missing_ok=True)
-            total = sum(x.p50 for x in t.values())
-            rows.append([f"{mp:g} MP", *[ms(x.p50) for x in t.values()], ms(total),
-                         f"{total / t['model (predict_low_res)'].p50:.2f}x"])  # fmt: skip
-        headers = ["photo", *calls, "sum", "sum / model"]
-    except (ImportError, AttributeError, TypeError) as e:
-        return f"(app.py's internals are not as this benchmark expects, app stages skipped: {e})"
-    return "### The app's /segment handler (mask + cutout), stage by stage in process (p50 ms)\n\n" + markdown_table(
-        headers, rows
-    )
 
 
 def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: float, threads: int) -> str:
@@ -212,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     print(table + "\n")
     print(targets(results) + "\n")
     if args.app == "yes" or (args.app == "auto" and APP.is_file()):
-        print(app_stages(weights, args.sizes, max(3, args.rounds // 2), args.max_seconds) + "\n")
         start = time.perf_counter()
         print(through_app(weights, args.sizes, args.app_requests, args.max_seconds, args.threads))
         print(f"\n(app start-up and requests took {time.perf_counter() - start:.0f} s)\n")

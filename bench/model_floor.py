@@ -213,7 +213,7 @@ def measure(arch: str, device: torch.device, threads: int, args: argparse.Namesp
     key = f"{arch}-{seg.cfg.meta.get('sha256', 'x')[:12]}"
     chosen = [v for v in variants(key, args.compile) if device.type in v.devices]
     forwards = {v.name: v.build(model, device, threads) for v in chosen}
-    x1 = seg._batch([sample_photo()])  # (1,3,S,S): a real photo, so the masks compared below mean something
+    x1 = seg.preprocess([sample_photo()])  # (1,3,S,S): a real photo, so the masks compared below mean something
     probes = rate_probes(device)
     candidates: dict[str, Callable[[], object]] = {name: (lambda f=f: f(x1)) for name, f in forwards.items()}
     candidates |= {name: call for name, (call, _) in probes.items()}

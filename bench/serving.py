@@ -41,6 +41,7 @@ from common import (
     write_temp_jpeg,
 )
 
+from segmenter.images import as_pil
 from segmenter.inference import Segmenter
 
 
@@ -142,8 +143,8 @@ def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler
 def model_time(weights: Path, rounds: int) -> Timing:
     """The generator's batch-1 forward in this process (same torch threads as the app), on a real-size input."""
     seg = Segmenter.from_pretrained(weights, device="cpu")
-    x = seg._batch([seg._prepare(torch.zeros(3, 480, 640, dtype=torch.uint8))[0]])
-    return time_calls(lambda: seg._forward(x), rounds, warmup=2)
+    x = seg.preprocess([as_pil(torch.zeros(3, 480, 640, dtype=torch.uint8))])
+    return time_calls(lambda: seg.forward(x), rounds, warmup=2)
 
 
 def mib(n: int) -> str:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     loads: list[Load] = []
     soak_rows = []
     try:
-        with running_app(weights, env=app_env) as app, RssSampler(app.pid) as rss:
+        with running_app(weights, env=app_env) as app, RssSampler(app.proc.pid) as rss:
             run_load(app.url, photo, 1, 2, rss)  # warm-up: first-request costs out of the way
             idle_rss = rss.rss()
             for clients in args.clients:

@@ -53,7 +53,8 @@ class GanStep:
                    torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas), cfg)  # fmt: skip
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> float:
-        _, loss_g_gan, loss_g_l1 = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg)
+        losses = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg)
+        loss_g_gan, loss_g_l1 = losses["loss_g_gan"], losses["loss_g_l1"]
         return float(self.cfg.gan_weight * loss_g_gan + self.cfg.l1_lambda * loss_g_l1)
 
 

@@ -20,6 +20,8 @@ class ModelConfig:
     ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
     generators are fully convolutional, and export may pick another size on val).
     Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
+    With ``presence_head`` the generator also returns a logit per photo: sigmoid(logit) is the probability
+    that the photo shows a person at all; below ``presence_threshold`` the served mask is empty.
     """
 
     arch: Arch = "pix2pix_unet"
@@ -35,8 +37,20 @@ class ModelConfig:
     threshold: float = 0.5
     tta_flip: bool = False  # also run the mirrored photo and average (chosen on val at export)
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    presence_head: bool = False  # effnet_unet: a small head on the deepest features says "a person is in the photo"
+    presence_threshold: float = 0.5  # presence probability below this: "no person", empty mask (chosen on val)
     # Provenance, filled in at export: sha256 of model.safetensors, val/test metrics, training run.
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("pix2pix_unet", "effnet_unet"):
+            raise ValueError(f"arch must be pix2pix_unet or effnet_unet, got {self.arch!r}")
+        if not isinstance(self.input_size, int) or self.input_size < 32 or self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size!r}")
+        for name in ("threshold", "presence_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "Human-Segmentation-Dataset"
+from .images import IMAGE_SUFFIXES, is_image_file, open_image, to_rgb
+
+__all__ = ["IMAGE_SUFFIXES", "DataSource", "Pair", "SegmentationDataset", "is_image_file", "load_pair", "load_pairs",
+           "open_image", "parse_sources", "paste_person", "to_binary_mask", "to_rgb"]
+
+DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA_DIR = DATA_ROOT / "Human-Segmentation-Dataset"
 
 
 @dataclass(frozen=True)
@@ -23,27 +29,6 @@ class Pair:
     image: Path
     mask: Path
     split: str = ""
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> upright 8-bit RGB: EXIF orientation applied; grey, 16-bit, palette, CMYK, LA/RGBA handled.
-
-    Transparent pixels are composited on white. Animated images use their first frame.
-    """
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def to_binary_mask(img: Image.Image) -> Image.Image:
@@ -64,32 +49,6 @@ def to_binary_mask(img: Image.Image) -> Image.Image:
     else:
         grey = img.convert("L")
     return grey.point(lambda v: 255 if v > 127 else 0)
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open an image file fully, raising a ValueError that names the file when it is missing or unreadable."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy() if getattr(im, "n_frames", 1) == 1 else _first_frame(im)
-    except FileNotFoundError as e:
-        raise ValueError(f"missing file: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"unreadable image: {path} ({e})") from e
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"image too large: {path} ({e})") from e
-
-
-def _first_frame(im: Image.Image) -> Image.Image:
-    im.seek(0)
-    frame = im.copy()
-    frame.info.update(im.info)
-    return frame
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def pairs_from_folders(root: str | Path, images: str = "Training_Images", masks: str = "Ground_Truth") -> list[Pair]:
@@ -153,6 +112,48 @@ def _natural_key(p: Path) -> tuple[int, str]:
     return (int(p.stem), "") if p.stem.isdigit() else (1 << 62, p.stem)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset of a training mix: a folder with ``split.csv`` (or a CSV), the split to read, a sampling weight.
+
+    ``weight`` is the source's share of the samples drawn per epoch, relative to the other sources' weights
+    (not per image: a source of 100 photos with weight 1 is drawn as often as one of 300 with weight 1).
+    """
+
+    path: str
+    split: str = "train"
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name if Path(self.path).suffix.lower() != ".csv" else Path(self.path).parent.name
+
+
+def parse_sources(spec: str, root: str | Path = DATA_ROOT, split: str = "train") -> list[DataSource]:
+    """``"NAME[:SPLIT[:WEIGHT]],..."`` -> sources. NAME is a folder under ``root`` or any path; SPLIT defaults to ``split``.
+
+    >>> [s.weight for s in parse_sources("Human-Segmentation-Dataset:train:2,PennFudanPed", root="/data")]
+    [2.0, 1.0]
+    """
+    sources = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, rest = item.partition(":")
+        split_name, _, weight = rest.partition(":")
+        path = Path(name) if Path(name).is_absolute() or Path(name).exists() else Path(root) / name
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"data source {item!r}: weight {weight!r} is not a number") from None
+        if w <= 0:
+            raise ValueError(f"data source {item!r}: weight must be > 0")
+        if (split_name or split) == "test":
+            raise ValueError(f"data source {item!r}: the test split is never used for training or choosing a model")
+        sources.append(DataSource(str(path), split_name or split, w))
+    if not sources:
+        raise ValueError(f"no data sources in {spec!r}")
+    return sources
+
+
 def load_pair(pair: Pair, max_side: int | None = None) -> tuple[Image.Image, Image.Image]:
     """Decode one pair -> (RGB image, binary "L" mask) of equal size; ``max_side`` caps the longer side."""
     image = to_rgb(open_image(pair.image))
@@ -178,6 +179,18 @@ def build_transform(train: bool, size: int = 256, aug: str = "pix2pix") -> v2.Co
     elif aug == "pix2pix":
         load = round(size * 286 / 256)
         ops = [v2.Resize((load, load), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+    elif aug == "robust":  # geometry that cuts people at the frame edge, then the camera's ways of spoiling a photo
+        ops = [
+            v2.RandomApply([v2.RandomRotation(20)], p=0.3),
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), ratio=(0.6, 1.6), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
+            v2.RandomGrayscale(0.05),
+            v2.RandomApply([v2.JPEG((25, 95))], p=0.3),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.2),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.2),
+        ]
     elif aug == "strong":
         ops = [
             v2.RandomApply([v2.RandomRotation(15)], p=0.3),
@@ -196,14 +209,18 @@ class SegmentationDataset(Dataset):
     """Decoded once into memory (longer side capped at ``cache_side``), augmented on the fly.
 
     Returns (image (3,S,S) float in [-1,1], mask (1,S,S) float in {-1,1}).
-    ``composite_p``: chance of pasting the masked person onto another training image's background.
+    ``composite_p``: chance of pasting the sample's person onto another training image's background (whole frame).
+    ``paste_p``: chance of copy-paste compositing: one or two people, cut out by their ground-truth masks from other
+    training photos, pasted at a random scale and position (partly out of the frame too) onto this sample, whatever it
+    shows (a portrait, a street, a frame without people); the masks are merged.
     """
 
     def __init__(self, pairs: list[Pair], train: bool, size: int = 256, aug: str = "pix2pix",
-                 composite_p: float = 0.0, cache_side: int | None = 400) -> None:  # fmt: skip
+                 composite_p: float = 0.0, cache_side: int | None = 400, paste_p: float = 0.0) -> None:  # fmt: skip
         self.pairs = pairs
         self.train = train
         self.composite_p = composite_p if train else 0.0
+        self.paste_p = paste_p if train else 0.0
         self.transform = build_transform(train, size, aug)
         self.images: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
@@ -211,6 +228,8 @@ class SegmentationDataset(Dataset):
             image, mask = load_pair(pair, cache_side)
             self.images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))  # (3,H,W) uint8
             self.masks.append(torch.from_numpy(np.asarray(mask).copy())[None])  # (1,H,W) uint8 0/255
+        # Donors for copy-paste and compositing: samples with a person covering at least 1% of the frame.
+        self.donors = [i for i, m in enumerate(self.masks) if (m > 127).float().mean() >= 0.01]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -219,6 +238,9 @@ class SegmentationDataset(Dataset):
         image, mask = self.images[i], self.masks[i]
         if self.composite_p and len(self) > 1 and random.random() < self.composite_p:
             image, mask = self._composite(image, mask, random.randrange(len(self)))
+        if self.paste_p and self.donors and random.random() < self.paste_p:
+            for j in random.sample(self.donors, min(len(self.donors), 1 if random.random() < 0.7 else 2)):
+                image, mask = paste_person(image, mask, self.images[j], self.masks[j], random.random)
         img_t, mask_t = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         mask_t = (mask_t.float() > 127).float() * 2 - 1
         return img_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor)
@@ -231,3 +253,37 @@ class SegmentationDataset(Dataset):
         alpha = mask.float() / 255.0
         out = (alpha * image.float() + (1 - alpha) * bg.float()).round().to(torch.uint8)
         return out, torch.maximum(mask, bg_mask)
+
+
+def paste_person(image: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor,
+                 rand: Callable[[], float]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Copy-paste: the person of ``donor`` (cut out by ``donor_mask``) onto ``image`` -> (image, merged mask).
+
+    Images are (3,H,W) uint8, masks (1,H,W) uint8 0/255. The person is scaled to 25-100% of the frame's height and
+    placed anywhere, up to a third of it outside the frame (people cut at the edge); ``rand()`` draws in [0, 1).
+    """
+    ys, xs = torch.nonzero(donor_mask[0] > 127, as_tuple=True)
+    if len(ys) == 0:
+        return image, mask
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    person, alpha = donor[:, y0:y1, x0:x1], donor_mask[:, y0:y1, x0:x1]
+    H, W = image.shape[-2:]
+    scale = (0.25 + 0.75 * rand()) * H / person.shape[1]
+    scale = min(scale, 1.2 * W / person.shape[2])
+    h, w = max(1, round(person.shape[1] * scale)), max(1, round(person.shape[2] * scale))
+    person = v2.functional.resize(person, [h, w], antialias=True)
+    alpha = v2.functional.resize(alpha, [h, w], antialias=True).float() / 255.0  # soft edge
+    top = round(-h / 3 + rand() * (H - h / 3))  # top in [-h/3, H - 2h/3): at least 2/3 of the height can show
+    left = round(-w / 3 + rand() * (W - w / 3))
+    # The part of the pasted box that lies inside the frame
+    fy0, fy1, fx0, fx1 = max(top, 0), min(top + h, H), max(left, 0), min(left + w, W)
+    if fy1 <= fy0 or fx1 <= fx0:
+        return image, mask
+    py0, px0 = fy0 - top, fx0 - left
+    a = alpha[:, py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0]
+    p = person[:, py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0].float()
+    image, mask = image.clone(), mask.clone()
+    region = image[:, fy0:fy1, fx0:fx1].float()
+    image[:, fy0:fy1, fx0:fx1] = (a * p + (1 - a) * region).round().clamp(0, 255).to(torch.uint8)
+    mask[:, fy0:fy1, fx0:fx1] = torch.maximum(mask[:, fy0:fy1, fx0:fx1], ((a > 0.5) * 255).to(torch.uint8))
+    return image, mask

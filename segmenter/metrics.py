@@ -1,17 +1,11 @@
-"""Segmentation metrics on binary masks: IoU, Dice, pixel accuracy, boundary F-score, and dataset evaluation."""
+"""Segmentation metrics on binary masks: IoU, Dice, pixel accuracy, boundary F-score (the loop is in evaluate.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
-
-if TYPE_CHECKING:
-    from .data import Pair
-    from .inference import Segmenter
 
 METRICS = ("iou", "dice", "accuracy", "boundary_f")
 
@@ -74,30 +68,3 @@ def mean_scores(per_image: Iterable[dict[str, float]]) -> dict[str, float]:
     if not rows:
         raise ValueError("no images to average")
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-
-
-def evaluate(seg: Segmenter, pairs: list[Pair], threshold: float | None = None, progress: bool = True,
-             batch_size: int = 8) -> tuple[dict[str, float], list[dict[str, float]]]:  # fmt: skip
-    """Run ``seg`` over ``pairs``; masks are compared at each photo's original size. Returns (means, per image).
-
-    The means also hold ``seconds_per_image``: the segmenter's own time (resize, model, upsampling), decoding excluded.
-    """
-    from tqdm.auto import tqdm
-
-    from .data import load_pair
-
-    rows: list[dict[str, float]] = []
-    model_seconds = 0.0
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="img", disable=not progress)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        loaded = [load_pair(p) for p in chunk]
-        start_t = time.perf_counter()
-        probs = seg.predict_probas([img for img, _ in loaded])
-        model_seconds += time.perf_counter() - start_t
-        thr = seg.threshold if threshold is None else threshold
-        for pair, (_, mask), prob in zip(chunk, loaded, probs, strict=True):
-            rows.append({"image": str(pair.image), **score(prob >= thr, np.asarray(mask) > 127)})
-        bar.update(len(chunk))
-    bar.close()
-    return {**mean_scores(rows), "seconds_per_image": model_seconds / len(pairs)}, rows

@@ -218,15 +218,34 @@ class EffNetUnet(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(ci, cs, co) for ci, cs, co in zip(cins, cskips, dec, strict=True))
         self.dropout = nn.Dropout2d(0.5 if cfg.dropout else 0.0)
         self.head = nn.Conv2d(dec[-1], cfg.out_channels, 3, padding=1)
+        self.presence = PresenceHead(skips[0]) if cfg.presence_head else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_presence: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B,3,H,W) -> mask (B,1,H,W) in [-1,1]; ``with_presence``: also the (B,) person-presence logits."""
         feats = self.encoder.features(x)[::-1]  # deepest first: H/32 ... H/2
         y = feats[0]
         for i, block in enumerate(self.decoder):
             y = block(y, feats[i + 1] if i + 1 < len(feats) else None)
             if i == 0:
                 y = self.dropout(y)
-        return torch.tanh(self.head(y))
+        mask = torch.tanh(self.head(y))
+        if not with_presence:
+            return mask
+        if self.presence is None:
+            raise ValueError("this generator has no presence head (ModelConfig.presence_head is False)")
+        return mask, self.presence(feats[0])
+
+
+class PresenceHead(nn.Module):
+    """Deepest encoder features (B,C,h,w) -> (B,) logit that the photo shows a person: avg + max pool, 2-layer MLP."""
+
+    def __init__(self, channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(True), nn.Dropout(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1)  # (B, 2C)
+        return self.mlp(pooled)[:, 0]
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
@@ -253,6 +272,8 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
         net = EffNetUnet(cfg)
         init_weights(net.decoder)
         init_weights(net.head)
+        if net.presence is not None:
+            init_weights(net.presence)
     else:
         raise ValueError(f"unknown generator arch {cfg.arch!r}")
     return net

@@ -33,13 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A weights folder with a tiny untrained generator (see the module docstring)."""
-    from segmenter.config import ModelConfig
-    from segmenter.inference import save_pretrained
-    from segmenter.model import build_generator
+    from helpers import make_tiny_weights
 
     meta = {"metrics": {"val": {"iou": 0.5}, "test": {"iou": 0.42}}, "run_id": "tiny-test", "command": "pytest"}
-    cfg = ModelConfig(arch="pix2pix_unet", ngf=8, meta=meta)
-    return save_pretrained(build_generator(cfg), cfg, tmp_path_factory.mktemp("tiny_weights"))
+    return make_tiny_weights(tmp_path_factory.mktemp("tiny_weights"), meta=meta)
 
 
 @pytest.fixture(scope="session")

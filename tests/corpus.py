@@ -17,12 +17,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from helpers import BG, FG, scene
+from helpers import BG, FG, export_tiny, scene
 from PIL import Image
 
 from segmenter.config import ModelConfig
-from segmenter.inference import save_pretrained
-from segmenter.model import build_generator
 
 Outcome = Literal["ok", "empty", "unreadable", "too_big"]
 # What the app answers for each refusal: HTTP status and a fragment of the message (also the gr.Error text).
@@ -132,16 +130,16 @@ def brightness_weights(folder: Path) -> Path:
     reaches the last transposed conv through the outermost skip; that conv reads only that channel (everything
     the inner blocks compute is multiplied by zero). Output: tanh(8 * relu(brightness) - 1) -> probability.
     """
-    cfg = ModelConfig(arch="pix2pix_unet", ngf=8, meta={"run_id": "brightness-stand-in"})
-    net = build_generator(cfg)
-    down, up = net.model.model[0], net.model.model[3]
-    with torch.no_grad():
+
+    def read_brightness(net: torch.nn.Module) -> None:
+        down, up = net.model.model[0], net.model.model[3]
         down.weight.zero_()
         down.weight[0] = 1.0 / down.weight[0].numel()
         up.weight.zero_()
         up.weight[0, 0] = 8.0
         up.bias.fill_(-1.0)
-    return save_pretrained(net, cfg, folder)
+
+    return export_tiny(folder, ModelConfig(arch="pix2pix_unet", ngf=8, meta={"run_id": "brightness-stand-in"}), read_brightness)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +30,30 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(arch="pix2pix_unet", ngf=8)
 
 
-def make_tiny_weights(folder: Path, seed: int = 0, constant: float | None = None) -> Path:
+def export_tiny(folder: Path, cfg: ModelConfig, edit: Callable[[nn.Module], None] | None = None, seed: int = 0) -> Path:
+    """The one tiny-weights builder: build ``cfg``'s generator (seeded), let ``edit`` set weights, export to ``folder``."""
+    torch.manual_seed(seed)
+    net = build_generator(cfg)
+    if edit is not None:
+        with torch.no_grad():
+            edit(net)
+    return save_pretrained(net, cfg, folder)
+
+
+def make_tiny_weights(folder: Path, seed: int = 0, constant: float | None = None, meta: dict | None = None) -> Path:
     """Export a randomly initialised ngf=8 pix2pix U-Net to ``folder`` (config.json + model.safetensors).
 
     ``constant``: zero the last layer's weight and set its bias, so the network outputs tanh(constant)
     everywhere (e.g. +5 -> mask of all ones, -5 -> all zeros) whatever the input.
     """
-    torch.manual_seed(seed)
-    cfg = tiny_config()
-    net = build_generator(cfg)
-    if constant is not None:
+
+    def set_constant(net: nn.Module) -> None:
         last = [m for m in net.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.fill_(constant)
-    return save_pretrained(net, cfg, folder)
+        last.weight.zero_()
+        last.bias.fill_(constant)
+
+    cfg = ModelConfig(arch="pix2pix_unet", ngf=8, meta=meta or {})
+    return export_tiny(folder, cfg, set_constant if constant is not None else None, seed)
 
 
 def scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -133,3 +143,18 @@ def odd_modes() -> dict[str, tuple[Image.Image, np.ndarray]]:
         "CMYK": (cmyk, expected_cmyk),
         "EXIF-6": (exif_image, exif_upright),
     }
+
+
+def make_presence_weights(folder: Path, mask_bias: float = 5.0, presence_bias: float = 0.0,
+                          presence_threshold: float = 0.5) -> Path:  # fmt: skip
+    """Export an untrained effnet_unet with a presence head; the mask is tanh(``mask_bias``) everywhere and the
+    presence score sigmoid(``presence_bias``) for every photo (last layers zeroed, biases set)."""
+
+    def set_biases(net: nn.Module) -> None:
+        net.head.weight.zero_()
+        net.head.bias.fill_(mask_bias)
+        net.presence.mlp[-1].weight.zero_()
+        net.presence.mlp[-1].bias.fill_(presence_bias)
+
+    cfg = ModelConfig(arch="effnet_unet", input_size=64, presence_head=True, presence_threshold=presence_threshold)
+    return export_tiny(folder, cfg, set_biases)

@@ -21,6 +21,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
+from segmenter import Segmenter
+from segmenter.pipeline import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,6 +144,25 @@ def test_http_bad_input_gets_4xx_json_and_the_server_lives_on(
     assert post_segment(app_url, photo).status_code == 200  # the next valid request works
 
 
+@pytest.mark.parametrize("threshold", [None, 0.3, 0.7])
+def test_http_mask_is_the_packages_mask(app_url: str, tiny_weights: Path, example_photo: Path, threshold: float | None):
+    """One pipeline: the Space's HTTP mask equals Segmenter.segment's mask for the same photo and options."""
+    params = {"output": "mask"} | ({} if threshold is None else {"threshold": str(threshold)})
+    r = post_segment(app_url, example_photo.read_bytes(), **params)
+    assert r.status_code == 200, r.text
+    served = np.asarray(Image.open(io.BytesIO(r.content)))
+    local = Segmenter.from_pretrained(tiny_weights, device="cpu").segment(Image.open(example_photo), Options(threshold))
+    assert np.array_equal(served, np.asarray(local.mask))
+    assert r.headers["x-person-present"] == ("false" if local.no_person else "true")
+    assert float(r.headers["x-person-share"]) == pytest.approx(local.share, abs=1e-4)
+
+
+def test_gradio_client_mask_is_the_packages_mask(client: Client, tiny_weights: Path, example_photo: Path):
+    mask_path, _ = client.predict(handle_file(example_photo), 0.45, api_name="/segment")
+    local = Segmenter.from_pretrained(tiny_weights, device="cpu").segment(Image.open(example_photo), Options(0.45))
+    assert np.array_equal(np.asarray(Image.open(mask_path)), np.asarray(local.mask))
+
+
 def test_http_non_multipart_body_is_a_400(app_url: str):
     r = httpx.post(f"{app_url}api/segment", content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
@@ -159,69 +180,72 @@ def test_ui_page_is_served(app_url: str):
 # ---------------------------------------------------------------- app pieces, no server
 
 
-def test_load_image_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_read_photo_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     photo = tmp_path / "p.png"
     Image.new("RGB", (40, 30)).save(photo)
-    assert app.load_image(photo).size == (40, 30)
-    monkeypatch.setattr(app, "MAX_PIXELS", 1000)
+    assert app.read_photo(photo).size == (40, 30)
+    monkeypatch.setattr(app, "LIMITS", app.Limits(max_pixels=1000))
     with pytest.raises(app.InputError, match="megapixels") as e:
-        app.load_image(photo)
+        app.read_photo(photo)
     assert e.value.status == 413
-    monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 10)
+    monkeypatch.setattr(app, "LIMITS", app.Limits(max_upload_bytes=10))
     with pytest.raises(app.InputError, match="MB") as e:
-        app.load_image(photo.read_bytes())
+        app.read_photo(photo)
     assert e.value.status == 413
 
 
-def test_load_image_applies_exif_orientation(tmp_path: Path):
+def test_read_photo_applies_exif_orientation(tmp_path: Path):
     photo = tmp_path / "rotated.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     Image.new("RGB", (60, 20)).save(photo, exif=exif)
-    assert app.load_image(photo).size == (20, 60)
+    assert app.read_photo(photo).size == (20, 60)
 
 
-def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path):
+def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, tiny_weights: Path):
+    seg = Segmenter.from_pretrained(tiny_weights, device="cpu")
+    seg.model = None  # rerender must never run the model
     image_path = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), (90, 120, 150)).save(image_path)
     prob = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # left 0 ... right 255
     photo = {"path": str(image_path)}  # the raw payload of the gr.Image (its events run with preprocess=False)
     settings = (0.5, False, True, 0.0, "Transparent", "#00ff00", 2.0, None)
-    mask_half, cutout_path, *_, text = app.rerender(str(tmp_path), photo, prob, *settings)
-    mask_most, *_ = app.rerender(str(tmp_path), photo, prob, 0.1, *settings[1:])
+    mask_half, cutout_path, *_, text = app.rerender(seg, str(tmp_path), photo, (prob, None), *settings)
+    mask_most, *_ = app.rerender(seg, str(tmp_path), photo, (prob, None), 0.1, *settings[1:])
     share = lambda p: (np.asarray(Image.open(p)) > 0).mean()  # noqa: E731
     assert share(mask_half) == pytest.approx(0.5, abs=0.03) and share(mask_most) == pytest.approx(0.9, abs=0.03)
     assert Image.open(cutout_path).mode == "RGBA"
-    assert "Person share" in text
-    coloured = app.rerender(str(tmp_path), photo, prob, *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None)
+    assert "Person found" in text and "person share" in text
+    coloured = app.rerender(seg, str(tmp_path), photo, (prob, None), *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None)
     composite = Image.open(coloured[4].value["path"])  # the DownloadButton's file
     assert np.asarray(composite)[24, 2].tolist() == pytest.approx([0, 255, 0], abs=8)
-    skipped = app.rerender(str(tmp_path), photo, None, *settings)  # nothing segmented yet
+    # A presence score under the model's threshold: no person, an empty mask, and the status line says so.
+    gated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), *settings)
+    assert share(gated[0]) == 0 and "No person found" in gated[5]
+    skipped = app.rerender(seg, str(tmp_path), photo, None, *settings)  # nothing segmented yet
     assert len(skipped) == 6
 
 
-def test_make_mask_reports_no_person():
-    result = app.make_mask(np.full((30, 40), 20, np.uint8), app.Cleanup(0.5))
-    assert result.share == 0 and result.warning and "No person" in result.warning
-    assert result.mask.size == (40, 30)
-
-
-def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path):
+def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights: Path):
     photos = []
     for i, size in enumerate([(50, 40), (33, 71)]):
         photos.append(tmp_path / f"p{i}.jpg")
         Image.new("RGB", size, (200, 100, 50)).save(photos[-1])
     (tmp_path / "bad.png").write_text("not an image")
-    predict = lambda image: np.full((256, 256), 0.9, np.float32)  # noqa: E731
-    rows = app.run_batch(predict, [*photos, tmp_path / "bad.png"], app.Cleanup(0.5), tmp_path / "out.zip")
+    seg = Segmenter.from_pretrained(tiny_weights, device="cpu")
+    rows = app.run_batch(seg.segment, [*photos, tmp_path / "bad.png"], Options(0.5), tmp_path / "out.zip", app.LIMITS)
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         names = set(zf.namelist())
         assert names == {"masks/001_p0.png", "cutouts/001_p0.png", "masks/002_p1.png", "cutouts/002_p1.png",
                          "figures.csv"}  # fmt: skip
+        mask = Image.open(io.BytesIO(zf.read("masks/002_p1.png")))
         assert Image.open(io.BytesIO(zf.read("cutouts/002_p1.png"))).size == (33, 71)
         table = list(csv.DictReader(io.StringIO(zf.read("figures.csv").decode())))
     assert [r["file"] for r in table] == ["p0.jpg", "p1.jpg", "bad.png"]
-    assert float(table[0]["person_share"]) == pytest.approx(1.0) and "not a readable image" in table[2]["note"]
+    expected = seg.segment(Image.open(photos[1]), Options(0.5))
+    assert np.array_equal(np.asarray(mask), np.asarray(expected.mask))  # the package's mask, byte for byte
+    assert float(table[1]["person_share"]) == pytest.approx(expected.share, abs=1e-4)
+    assert "not a readable image" in table[2]["note"]
     assert len(rows) == 3
 
 
@@ -231,4 +255,4 @@ def test_missing_weights_exit_with_instructions(tmp_path: Path):
     env = {**os.environ, "SEGMENTER_MODEL": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert "train.py --preset cpu --export-to weights/" in proc.stderr and "SEGMENTER_MODEL" in proc.stderr
+    assert "train.py --preset cpu-robust --export-to weights/" in proc.stderr and "SEGMENTER_MODEL" in proc.stderr

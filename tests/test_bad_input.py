@@ -114,15 +114,15 @@ def segmenter(weights: Path) -> Segmenter:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_python_api(segmenter: Segmenter, case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app.load_image refuses like the server; segmenter's open_image and Segmenter raise ValueError naming the file."""
+    """app.read_photo refuses like the server; segmenter's open_image and Segmenter raise ValueError naming the file."""
     path = case.write(tmp_path)
-    monkeypatch.setattr(app, "MAX_PIXELS", MAX_PIXELS)
+    monkeypatch.setattr(app, "LIMITS", app.Limits(max_pixels=MAX_PIXELS))
     if case.outcome == "ok":
-        assert app.load_image(path).size == case.size
+        assert app.read_photo(path).size == case.size
     else:
         status, message = REFUSALS[case.outcome]
         with pytest.raises(ValueError, match=re.escape(message)) as refused:
-            app.load_image(path)
+            app.read_photo(path)
         assert isinstance(refused.value, app.InputError) and refused.value.status == status
     if case.size is None:  # not an image at all: the library names the file
         with pytest.raises(ValueError, match=re.escape(str(path))):

@@ -61,7 +61,7 @@ def test_upload_an_example_and_see_mask_and_cutout(page, tmp_path: Path):
     assert "-mask.png" in shown_image(page, "mask")
     assert "-cutout.png" in shown_image(page, "cutout")
     shown_image(page, "overlay")
-    page.wait_for_selector("#stats :text('Person share')", timeout=30_000)
+    page.wait_for_selector("#stats :text('person share')", timeout=30_000)
     page.screenshot(path=tmp_path / "photo.png", full_page=True)
     page.get_by_label("Blurred photo").check()  # re-composite from the cached map
     page.wait_for_selector("text=Download composite", timeout=30_000)
@@ -76,5 +76,5 @@ def test_webcam_snapshot_is_segmented(page, tmp_path: Path):
     page.get_by_role("button", name="capture photo").click()  # the fake camera's frame becomes the input
     assert shown_image(page, "mask")
     assert shown_image(page, "cutout")
-    page.wait_for_selector("#stats :text('Person share')", timeout=30_000)
+    page.wait_for_selector("#stats :text('person share')", timeout=30_000)
     page.screenshot(path=tmp_path / "webcam.png", full_page=True)

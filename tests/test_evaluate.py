@@ -14,9 +14,9 @@ from helpers import REPO_ROOT, make_tiny_weights, write_dataset
 from PIL import Image
 
 from segmenter.data import load_pairs
-from segmenter.evaluate import main
+from segmenter.evaluate import evaluate, main
 from segmenter.inference import Segmenter
-from segmenter.metrics import evaluate
+from segmenter.pipeline import Options
 
 SPLITS = ["test", "train", "test", "val", "test", "test", "test", "test"]
 
@@ -64,7 +64,7 @@ def test_cli_matches_metrics_evaluate(dataset: Path, tmp_path: Path, capsys: pyt
     weights = make_tiny_weights(tmp_path / "w", seed=3)
     assert main([str(weights), "--data", str(dataset), "--split", "all", "--threshold", "0.5", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    means, _ = evaluate(Segmenter.from_pretrained(weights, "cpu"), load_pairs(dataset), threshold=0.5, progress=False)
+    means, _ = evaluate(Segmenter.from_pretrained(weights, "cpu"), load_pairs(dataset), Options(threshold=0.5), progress=False)
     assert f"{len(SPLITS)} images" in out
     for label, key in [("mIoU", "iou"), ("Dice", "dice"), ("accuracy", "accuracy"), ("boundary-F", "boundary_f")]:
         assert table_value(out, label) == pytest.approx(means[key], abs=1e-4)

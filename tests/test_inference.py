@@ -178,9 +178,9 @@ def test_bad_inputs_are_refused() -> None:
 def test_flip_averaging_is_the_mean_of_photo_and_mirror(tiny: Path) -> None:
     seg = Segmenter.from_pretrained(tiny, device="cpu")
     photo = noise_photo(40, 64)
-    plain = seg.predict_low_res([photo])[0]
-    mirrored = seg.predict_low_res([np.ascontiguousarray(photo[:, ::-1])])[0].flip(-1)
+    plain = torch.from_numpy(seg.predict_low_res([photo])[0])
+    mirrored = torch.from_numpy(seg.predict_low_res([np.ascontiguousarray(photo[:, ::-1])])[0]).flip(-1)
     seg.cfg.tta_flip = True
-    averaged = seg.predict_low_res([photo])[0]
+    averaged = torch.from_numpy(seg.predict_low_res([photo])[0])
     assert not torch.allclose(plain, mirrored, atol=1e-4)  # the check below could fail
     torch.testing.assert_close(averaged, (plain + mirrored) / 2, atol=1e-5, rtol=0)

@@ -11,7 +11,9 @@ from helpers import write_dataset
 from PIL import Image
 
 from segmenter.data import load_pairs
-from segmenter.metrics import accuracy, boundary_f, dice, evaluate, iou, mean_scores, score
+from segmenter.evaluate import evaluate
+from segmenter.metrics import accuracy, boundary_f, dice, iou, mean_scores, score
+from segmenter.pipeline import Options, Segmentation, finish
 
 
 def box(shape: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:
@@ -79,12 +81,14 @@ class ReadsThePhoto:
         self.invert = invert
         self.sizes: list[tuple[int, int]] = []
 
-    def predict_probas(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+    def segment_batch(self, images: Sequence[Image.Image], options: Options | None = None) -> list[Segmentation]:
+        """The pipeline's finish() on a probability map that is the photo's grey level (no clean-up)."""
         out = []
         for im in images:
             self.sizes.append(im.size)
-            p = np.asarray(im.convert("L"), np.float32) / 255.0
-            out.append(1 - p if self.invert else p)
+            p = np.asarray(im.convert("L"))
+            threshold = options.threshold if options else None
+            out.append(finish(im, 255 - p if self.invert else p, None, Options(threshold, fill_holes=False), 0.5, 0.5))
         return out
 
 
@@ -96,11 +100,14 @@ def test_evaluate_compares_at_each_photos_own_size(tmp_path: Path) -> None:
     assert seg.sizes == [(w, h) for h, w in sizes]
     assert [r["image"] for r in rows] == [str(p.image) for p in pairs]
     assert means.pop("seconds_per_image") >= 0
+    truth_share = np.mean([(np.asarray(Image.open(p.mask)) > 127).mean() for p in pairs])
+    assert means.pop("person_share") == pytest.approx(truth_share)
+    assert means.pop("no_person") == 0.0
     assert means == {"iou": 1.0, "dice": 1.0, "accuracy": 1.0, "boundary_f": 1.0}
     means, _ = evaluate(ReadsThePhoto(invert=True), pairs, progress=False)  # type: ignore[arg-type]
     assert means["iou"] == 0.0 and means["accuracy"] == 0.0
     # threshold 0: everything is "person", so IoU is the share of the photo the person covers
-    _, rows = evaluate(seg, pairs, threshold=0.0, progress=False)  # type: ignore[arg-type]
+    _, rows = evaluate(seg, pairs, Options(threshold=0.0), progress=False)  # type: ignore[arg-type]
     for pair, row in zip(pairs, rows, strict=True):
         truth = np.asarray(Image.open(pair.mask)) > 127
         assert row["iou"] == pytest.approx(truth.mean())

@@ -25,6 +25,7 @@ from PIL import Image
 from served_app import Served, post_photo, serve_app, stop
 
 import app
+import segmenter.inference
 from segmenter.inference import Segmenter
 
 MAX_UPLOAD_MB, MAX_PIXELS = 2, 1_000_000
@@ -307,7 +308,7 @@ def test_internal_errors_stay_in_the_server_log(app_url: str, monkeypatch: pytes
     def broken(*args: object) -> None:
         raise RuntimeError(detail)
 
-    monkeypatch.setattr(app, "probability_map", broken)
+    monkeypatch.setattr(segmenter.inference, "upsample", broken)  # a step of the pipeline every entry point runs
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(valid_photo())
     with pytest.raises(AppError) as failed:

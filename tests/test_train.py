@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from train_helpers import ROOT, SPLITS, assert_same_tensors, checkpoint, make_dataset, only_run, tiny_args
 
 import train
+from segmenter.export import write_card
 from segmenter.inference import Segmenter, sha256_file
 from segmenter.model import build_generator
 
@@ -233,27 +234,33 @@ def test_model_card_renders_the_run(one_epoch: Path, data: Path) -> None:
     command = shlex.join(["python", "train.py", *tiny_args(data, one_epoch.parent)])  # main's argv, not pytest's
     assert meta["commands"] == [command] and f"Training ID `{one_epoch.name}`, preset `seed`: `{command}`." in card
     assert f"sha256 `{meta['sha256']}`" in card and "(float32)" in card
-    for split in ("val", "test"):
-        m = meta["metrics"][split]
-        assert f"| {split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
+    for split in ("val", "test"):  # recorded per dataset and split, through the served pipeline
+        m = meta["metrics"][f"{data.parent.name}/{split}"]
+        assert f"| {data.parent.name}/{split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
+        assert 0 <= m["person_share"] <= 1 and "seconds_per_image" in m
     assert "70x70 PatchGAN discriminator (ndf 8), GAN weight 1.0 + L1 x 100.0" in card
     assert "1 epochs, batch 2" in card and "(epoch 1)" in card and "Input: an RGB photo resized to 64x64 (trained at\n64x64; no test-time augmentation)," in card
-    assert "6 training and 2 validation photos" in card and "Human Segmentation Dataset" not in card
+    assert "Trained on 6 photos" in card and f"`{data.parent.name}` split `train`, sampling weight 1" in card
 
 
 def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
-    cfg = train.parse_args(["--preset", "cpu", "--run-id", "cpu-run"])
+    cfg = train.parse_args(["--preset", "cpu-robust", "--run-id", "robust-run"])
     mcfg = train.model_config(cfg)
-    mcfg.meta = {"dtype": "float32", "sha256": "0" * 64, "best_epoch": 30, "commands": ["python train.py --preset cpu"],
-                 "data": {"train_images": 230, "val_images": 30},
-                 "metrics": {"val": {"images": 30, "iou": 0.9, "dice": 0.95, "accuracy": 0.97, "boundary_f": 0.8}}}  # fmt: skip
-    train.write_card(tmp_path, cfg, mcfg)
+    train_sources, val_sources = train.sources(cfg)
+    mcfg.meta = {"dtype": "float32", "sha256": "0" * 64, "best_epoch": 9, "commands": ["python train.py --preset cpu-robust"],
+                 "data": {"train_images": 455, "val_images": 98, "sources": [dataclasses.asdict(s) for s in train_sources],
+                          "val_sources": [dataclasses.asdict(s) for s in val_sources]},
+                 "presence_tuning": {"threshold": 0.3},
+                 "metrics": {"PennFudanPed/val": {"images": 50, "iou": 0.8, "dice": 0.9, "boundary_f": 0.7,
+                                                  "person_share": 0.2, "no_person": 0.0}}}  # fmt: skip
+    write_card(tmp_path, dataclasses.asdict(cfg), mcfg)
     card = (tmp_path / "README.md").read_text()
-    assert "datasets: [Human-Segmentation-Dataset]\npipeline_tag: image-segmentation\n" in card
-    assert "| val | 30 | 0.9000 | 0.9500 | 0.9700 | 0.8000 |" in card and "Trained on 230 photos" in card
-    assert "Training ID `cpu-run`, preset `cpu`: `python train.py --preset cpu`." in card
-    assert "(ndf 32), GAN weight 1.0 + L1 x 100.0" in card and "35 epochs, batch 8, augmentation `strong`" in card
-    assert "The Human Segmentation Dataset (290 photos" in card and "{" not in card
+    assert "| PennFudanPed/val | 50 | 0.8000 | 0.9000 | 0.7000 | 20.00% | 0% |" in card and "Trained on 455 photos" in card
+    assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
+    assert "(ndf 32), GAN weight 1.0 + L1 x 100.0 + presence-head BCE x 1.0" in card
+    assert "augmentation `robust`\n(copy-paste p=0.5" in card and "starting from the generator in `weights/`" in card
+    assert "`PennFudanPed` split `train`, sampling weight 0.3: street photos" in card
+    assert "`Negatives/val`" in card and "presence head" in card and "{" not in card
 
 
 def test_a_finished_run_folder_is_not_overwritten(one_epoch: Path, data: Path) -> None:
@@ -281,7 +288,7 @@ def test_l1_only_half_export_to(data: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(seg.model(x), ref.eval()(x), atol=1e-2)
     card = (dest / "README.md").read_text()
-    assert "L1 loss only (x 100.0, no discriminator)" in card and "(float16)" in card
+    assert "L1 loss x 100.0 (no discriminator)" in card and "(float16)" in card
 
 
 @pytest.mark.parametrize("fault", ["missing", "unreadable"])
@@ -506,3 +513,53 @@ def test_tune_inference_picks_the_best_val_setting(data: Path, tmp_path: Path) -
     assert cfg["meta"]["inference_tuning"]["chosen"] == chosen
     assert cfg["input_size"] == int(chosen.split("+")[0]) and cfg["tta_flip"] == chosen.endswith("+flip")
     assert Segmenter.from_pretrained(only_run(tmp_path) / "export").get_mask(Image.new("RGB", (50, 30))).size == (50, 30)
+
+
+def make_negatives(root: Path, size: int = 64) -> Path:
+    """Frames without people (noise, all-background masks): 4 train, 2 val rows; returns the CSV."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    for i, split in enumerate(["train"] * 4 + ["val"] * 2):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.new("L", (size, size), 0).save(root / "masks" / f"{i}.png")
+        rows.append({"images": f"images/{i}.png", "masks": f"masks/{i}.png", "split": split})
+    with (root / "split.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["images", "masks", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return root / "split.csv"
+
+
+def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path: Path) -> None:
+    negatives = make_negatives(tmp_path / "negatives")
+    argv = ["--datasets", f"{data}:train:3,{negatives}:train:1", "--val-datasets", f"{data},{negatives}",
+            "--arch", "effnet_unet", "--no-pretrained", "--presence-weight", "1", "--dice-weight", "10",
+            "--aug", "robust", "--paste-p", "0.5", "--epoch-samples", "8", "--tune-inference",
+            "--out-dir", str(tmp_path / "runs"), "--size", "64", "--batch-size", "4", "--ndf", "8",
+            "--samples", "2", "--device", "cpu", "--threads", "1", "--epochs", "1"]  # fmt: skip
+    assert run_main(argv) == 0
+    run = only_run(tmp_path / "runs")
+    assert (run / "augmented.png").is_file()
+    (record,) = records(run)
+    assert {"val_iou/data0", "val_iou/negatives"} <= set(record) and record["loss_presence"] > 0
+    assert record["loss_g_dice"] > 0
+    assert record["val_iou"] == pytest.approx((record["val_iou/data0"] + record["val_iou/negatives"]) / 2)
+    meta = json.loads((run / "export" / "config.json").read_text())
+    assert meta["presence_head"] and 0 < meta["presence_threshold"] < 1
+    sources = meta["meta"]["data"]["sources"]
+    assert [(Path(s["path"]).name, s["split"], s["weight"]) for s in sources] == [("data.csv", "train", 3.0),
+                                                                                 ("split.csv", "train", 1.0)]  # fmt: skip
+    assert set(meta["meta"]["metrics"]) == {"data0/val", "data0/test", "negatives/val"}  # no test rows for negatives
+    tuning = meta["meta"]["presence_tuning"]
+    assert tuning["lowest_with_person"] >= meta["presence_threshold"] or tuning["highest_without_person"] < tuning["lowest_with_person"]
+    seg = Segmenter.from_pretrained(run / "export", device="cpu")
+    assert seg.segment(Image.open(data.parent / "images" / "0.png")).presence is not None
+
+
+@pytest.mark.parametrize("option", ["--datasets", "--val-datasets"])
+def test_a_mix_never_uses_test_rows(option: str, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train.parse_args([option, f"{data}:test"])
+    assert "the test split is never used" in capsys.readouterr().err

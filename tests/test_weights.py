@@ -12,8 +12,8 @@ from PIL import Image
 
 from segmenter import Segmenter
 from segmenter.data import DEFAULT_DATA_DIR, load_pairs
+from segmenter.evaluate import evaluate
 from segmenter.inference import sha256_file
-from segmenter.metrics import evaluate
 
 WEIGHTS = REPO_ROOT / "weights"
 

@@ -1,0 +1,108 @@
+"""The one pipeline (segmenter.pipeline + Segmenter.segment): threshold rule, presence gate, clean-up, outputs;
+and the training-data pieces it is trained with (sources, copy-paste)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_presence_weights, make_tiny_weights, noise_photo, scene
+from PIL import Image
+
+from segmenter import Segmenter, mask
+from segmenter.data import parse_sources, paste_person
+from segmenter.pipeline import Background, Options, binarize, finish, threshold_level
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5, 0.5 + 1e-9, 0.73, 1.0])
+def test_one_threshold_rule_for_uint8_and_float_maps(threshold: float) -> None:
+    levels = np.arange(256, dtype=np.uint8)
+    as_float = levels.astype(np.float64) / 255.0
+    assert np.array_equal(binarize(levels, threshold), levels >= threshold_level(threshold))
+    assert np.array_equal(binarize(as_float, threshold), binarize(levels, threshold))
+    assert torch.equal(binarize(torch.from_numpy(levels), threshold), torch.from_numpy(binarize(levels, threshold)))
+
+
+@pytest.mark.parametrize("bad", [dict(threshold=-0.1), dict(threshold=1.5), dict(threshold=float("nan")),
+                                 dict(feather_px=-1), dict(upsample="nearest")])  # fmt: skip
+def test_options_refuse_bad_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        Options(**bad)
+
+
+def test_finish_cleans_up_and_keeps_the_probability(tmp_path: Path) -> None:
+    image = Image.new("RGB", (40, 30), (10, 20, 30))
+    prob = np.zeros((30, 40), np.uint8)
+    prob[5:25, 5:20] = 240  # a big region with a hole
+    prob[10:15, 10:14] = 10
+    prob[2:4, 30:33] = 240  # a speck
+    out = finish(image, prob, None, Options(keep_largest=True, fill_holes=True, feather_px=0), 0.5, 0.5)
+    m = np.asarray(out.mask) > 0
+    assert m[12, 12] and not m[3, 31] and m.sum() == 20 * 15
+    assert out.share == pytest.approx(300 / 1200) and out.person_present and not out.no_person
+    plain = out.with_options(Options(fill_holes=False, feather_px=0))
+    assert not (np.asarray(plain.mask) > 0)[12, 12] and (np.asarray(plain.mask) > 0)[3, 31]
+    soft = out.with_options(Options(feather_px=6))
+    assert set(np.unique(np.asarray(soft.alpha))) - {0, 255}  # a feathered edge
+    assert out.cutout().mode == "RGBA" and out.overlay().size == (40, 30)
+    green = out.composite(Background("color", (0, 255, 0)))
+    assert green.getpixel((35, 28)) == (0, 255, 0) and green.getpixel((12, 8)) == (10, 20, 30)
+    with pytest.raises(ValueError, match="output must be"):
+        out.render("thumbnail")
+
+
+def test_presence_head_gates_the_mask(tmp_path: Path) -> None:
+    photo = noise_photo(48, 80)
+    nobody = Segmenter.from_pretrained(make_presence_weights(tmp_path / "no", presence_bias=-6.0), device="cpu")
+    somebody = Segmenter.from_pretrained(make_presence_weights(tmp_path / "yes", presence_bias=6.0), device="cpu")
+    gated = nobody.segment(photo)
+    assert gated.presence == pytest.approx(1 / (1 + np.exp(6.0)), rel=1e-3)
+    assert not gated.person_present and gated.no_person and gated.share == 0.0
+    assert gated.warning.startswith("No person found")
+    assert np.asarray(gated.probability).min() > 200  # the model's map is kept; only the mask is emptied
+    ungated = nobody.segment(photo, Options(presence_gate=False))
+    assert ungated.share == 1.0
+    found = somebody.segment(photo)
+    assert found.person_present and found.share == 1.0 and found.warning is None
+    assert nobody.info()["presence_head"] and nobody.get_mask(photo).getextrema() == (0, 0)
+
+
+def test_every_shortcut_is_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = make_tiny_weights(tmp_path / "w", seed=3)
+    seg = Segmenter.from_pretrained(weights, device="cpu")
+    photo = Image.fromarray(noise_photo(50, 70, seed=2))
+    reference = seg.segment(photo)
+    assert np.array_equal(np.asarray(seg.get_mask(photo)), np.asarray(reference.mask))
+    assert np.array_equal(seg.predict_proba(photo), reference.probability.astype(np.float32) / 255)
+    monkeypatch.setattr(mask, "modelPath", weights)
+    monkeypatch.setattr(mask, "device", "cpu")
+    assert np.array_equal(mask.getMask(photo)[0].numpy() > 0, np.asarray(reference.mask) > 0)
+
+
+def test_parse_sources() -> None:
+    sources = parse_sources("A:train:2,/abs/B,C::0.5", root="/data")
+    assert [(s.path, s.split, s.weight) for s in sources] == [("/data/A", "train", 2.0), ("/abs/B", "train", 1.0),
+                                                             ("/data/C", "train", 0.5)]  # fmt: skip
+    assert parse_sources("A", root="/data", split="val")[0].split == "val"
+    for bad, message in [("A:test", "never used"), ("A:train:x", "not a number"), ("A:train:0", "> 0"), ("", "no data")]:
+        with pytest.raises(ValueError, match=message):
+            parse_sources(bad, root="/data")
+
+
+def test_copy_paste_puts_the_donor_person_in_and_merges_masks() -> None:
+    photo, person = scene(80, 60, seed=1)
+    donor = torch.from_numpy(photo).permute(2, 0, 1).contiguous()
+    donor_mask = torch.from_numpy(person.astype(np.uint8) * 255)[None]
+    background = torch.zeros(3, 100, 120, dtype=torch.uint8)
+    bg_mask = torch.zeros(1, 100, 120, dtype=torch.uint8)
+    bg_mask[0, :10, :10] = 255  # a person already there stays labelled
+    draws = iter([0.5, 0.3, 0.4])
+    image, merged = paste_person(background, bg_mask, donor, donor_mask, lambda: next(draws))
+    assert merged[0, :10, :10].eq(255).all()
+    pasted = merged[0] > 127
+    assert pasted.sum() > 10 + 100  # the person went in
+    bright = image[0] > 127  # the donor's person is light on a dark background: pixels and label agree
+    assert (bright == pasted)[10:, 10:].float().mean() > 0.97
+    assert set(merged.unique().tolist()) <= {0, 255}
