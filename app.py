@@ -32,13 +32,14 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from segmenter.images import ImageError, encode_png, load_image
+from segmenter.images import ImageError, load_image
 from segmenter.inference import Segmenter
 from segmenter.pipeline import Background, Options, Segmentation, finish
 from segmenter.server import Limits
 from segmenter.server.batch import CSV_COLUMNS, csv_text, run_batch
 from segmenter.server.guard import UploadsOnly
 from segmenter.server.http_api import add_http_api
+from segmenter.server.views import describe, model_card, preview, save_to_cache
 
 TITLE = "Person segmentation"
 DESCRIPTION = """\
@@ -51,9 +52,12 @@ the threshold, clean the mask up or put the person on a new background, without 
 """
 
 MODEL_ID = os.getenv("SEGMENTER_MODEL", "weights/")
-LIMITS = Limits(max_upload_bytes=int(float(os.getenv("MAX_UPLOAD_MB", "20")) * 2**20),
-                max_pixels=int(os.getenv("MAX_PIXELS", "16000000")), max_batch=int(os.getenv("MAX_BATCH", "24")),
-                concurrency=int(os.getenv("CONCURRENCY", "2")))  # fmt: skip
+LIMITS = Limits(
+    max_upload_bytes=int(float(os.getenv("MAX_UPLOAD_MB", "20")) * 2**20),
+    max_pixels=int(os.getenv("MAX_PIXELS", "16000000")),
+    max_batch=int(os.getenv("MAX_BATCH", "24")),
+    concurrency=int(os.getenv("CONCURRENCY", "2")),
+)
 MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_BATCH = LIMITS.max_pixels, LIMITS.max_upload_bytes, LIMITS.max_batch
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
@@ -62,7 +66,6 @@ LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or 
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
 SPACE_ID = os.getenv("SPACE_ID")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
 LIVE_SIDE = 480  # webcam frames are shrunk to this before segmenting
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 LIVE_MAX_SECONDS = 0.25  # LIVE_WEBCAM=auto: the model must be this fast on a frame
@@ -130,33 +133,6 @@ def read_photo(path: str | Path) -> Image.Image:
     return load_image(path, LIMITS.max_upload_bytes, LIMITS.max_pixels)
 
 
-def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
-    """Write ``image`` (PNG, or JPEG for a .jpg name) into a new folder of Gradio's cache; returns its path."""
-    path = Path(cache_dir) / uuid.uuid4().hex / name
-    path.parent.mkdir(parents=True)
-    if path.suffix == ".jpg":
-        image.save(path, "JPEG", quality=92)
-    else:
-        path.write_bytes(encode_png(image))
-    return str(path)
-
-
-def preview(image: Image.Image) -> Image.Image:
-    """A copy no larger than PREVIEW_SIDE, for view-only outputs."""
-    small = image.copy()
-    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BILINEAR)
-    return small
-
-
-def describe(result: Segmentation, seconds: float) -> str:
-    """Markdown status line: person found or not, share, presence score, time; the warning when nobody was found."""
-    found = "**No person found**" if result.no_person else "**Person found**"
-    presence = "" if result.presence is None else f" · **presence score:** {result.presence:.2f}"
-    text = (f"{found} · **person share:** {result.share:.1%} of {result.image.width}x{result.image.height} px"
-            f"{presence} · **time:** {seconds:.2f} s")  # fmt: skip
-    return text if result.warning is None else f"{text}\n\n⚠️ {result.warning}"
-
-
 # ---------------------------------------------------------------- UI event handlers
 # Module-level so tests can call them; build_demo binds the segment function and the cache folder.
 
@@ -173,8 +149,9 @@ def read_settings(values: tuple) -> tuple[Options, Background]:
     return options, Background(BACKGROUNDS[mode], rgb, float(blur_percent), read_photo(bg_path) if bg_path else None)
 
 
-def render(cache_dir: str, path: str, result: Segmentation, background: Background, start: float,
-           notify: bool = False) -> tuple:  # fmt: skip
+def render(
+    cache_dir: str, path: str, result: Segmentation, background: Background, start: float, notify: bool = False
+) -> tuple:
     """Mask, cutout, overlay, before/after, composite download and the status line of one Segmentation."""
     if background.mode == "image" and background.image is None:
         gr.Info("Upload a background image under the Background choice.")
@@ -182,14 +159,21 @@ def render(cache_dir: str, path: str, result: Segmentation, background: Backgrou
     stem = Path(path).stem
     cutout = result.cutout()
     final = cutout if background.mode == "transparent" else result.composite(background)
-    download = (gr.DownloadButton(visible=False) if final is cutout else
-                gr.DownloadButton(value=save_to_cache(final, cache_dir, f"{stem}-composite.jpg"), visible=True))  # fmt: skip
+    download = (
+        gr.DownloadButton(visible=False)
+        if final is cutout
+        else gr.DownloadButton(value=save_to_cache(final, cache_dir, f"{stem}-composite.jpg"), visible=True)
+    )
     if notify and result.warning:
         gr.Warning(result.warning)
-    return (save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
-            save_to_cache(cutout, cache_dir, f"{stem}-cutout.png"),
-            preview(result.overlay()), (preview(result.image), preview(final)), download,
-            describe(result, time.perf_counter() - start))  # fmt: skip
+    return (
+        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
+        save_to_cache(cutout, cache_dir, f"{stem}-cutout.png"),
+        preview(result.overlay()),
+        (preview(result.image), preview(final)),
+        download,
+        describe(result, time.perf_counter() - start),
+    )
 
 
 def segment_photo(segment: Segment, cache_dir: str, photo: dict | None, *values: object) -> tuple:
@@ -237,12 +221,15 @@ def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold:
         raise gr.Error(str(e)) from e
     result = segment(photo, Options(threshold))
     stem = Path(path).stem
-    return (save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
-            save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"))  # fmt: skip
+    return (
+        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
+        save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"),
+    )
 
 
-def segment_batch(segment: Segment, cache_dir: str, paths: list[str] | None, threshold: float,
-                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[list]]:  # noqa: B008  # fmt: skip
+def segment_batch(
+    segment: Segment, cache_dir: str, paths: list[str] | None, threshold: float, progress: gr.Progress = gr.Progress()
+) -> tuple[list[str], list[list]]:
     """Many photos -> ([ZIP of masks and cutouts, CSV of figures], the figures as table rows)."""
     if not paths:
         raise gr.Error("Add some photos first.")
@@ -250,8 +237,9 @@ def segment_batch(segment: Segment, cache_dir: str, paths: list[str] | None, thr
         raise gr.Error(f"{len(paths)} photos: at most {LIMITS.max_batch} per batch.")
     folder = Path(cache_dir) / uuid.uuid4().hex
     folder.mkdir(parents=True)
-    rows = run_batch(segment, [Path(p) for p in paths], Options(threshold), folder / "segmentation.zip", LIMITS,
-                     progress.tqdm)  # fmt: skip
+    rows = run_batch(
+        segment, [Path(p) for p in paths], Options(threshold), folder / "segmentation.zip", LIMITS, progress.tqdm
+    )
     (folder / "figures.csv").write_text(csv_text(rows))
     return [str(folder / "segmentation.zip"), str(folder / "figures.csv")], [[r[c] for c in CSV_COLUMNS] for r in rows]
 
@@ -268,37 +256,14 @@ def segment_frame(segment: Segment, frame: np.ndarray | None, threshold: float) 
 
 def show_background_controls(mode: str) -> tuple[gr.ColorPicker, gr.Slider, gr.Image]:
     """Show only the control that the chosen background needs."""
-    return (gr.ColorPicker(visible=mode == "Colour"), gr.Slider(visible=mode == "Blurred photo"),
-            gr.Image(visible=mode == "Image"))  # fmt: skip
+    return (
+        gr.ColorPicker(visible=mode == "Colour"),
+        gr.Slider(visible=mode == "Blurred photo"),
+        gr.Image(visible=mode == "Image"),
+    )
 
 
 # ---------------------------------------------------------------- Gradio UI
-
-
-def model_card(seg: Segmenter, live_note: str) -> str:
-    """Markdown for the Model tab, from the weights' config meta."""
-    info = seg.info()
-    metrics = info.get("metrics") or {}
-    params = sum(p.numel() for p in seg.model.parameters())
-    size = seg.cfg.input_size
-    rows = [f"| {name} | {m['iou']:.3f} | {m.get('person_share', 0):.2%} | {m.get('no_person', 0):.0%} |"
-            for name, m in metrics.items() if isinstance(m, dict) and "iou" in m]  # fmt: skip
-    how = (f"[README → Training](https://huggingface.co/spaces/{SPACE_ID}/blob/main/README.md#training)"
-           if SPACE_ID else "the *Training* section of README.md")  # fmt: skip
-    lines = [
-        "| Model | |", "|---|---|",
-        f"| Generator | `{info['arch']}`: {params / 1e6:.2f} M parameters, input {size}x{size}"
-        f"{' + flip' if seg.cfg.tta_flip else ''} |",
-        f"| Presence head | {'yes, threshold ' + format(seg.cfg.presence_threshold, '.3f') if info['presence_head'] else 'no'} |",
-        f"| Weights sha256 | `{info.get('sha256', 'n/a')}` |",
-        f"| Training run | `{info.get('run_id', 'n/a')}` |",
-        f"| Device | {seg.device.type}{' (ZeroGPU)' if ZERO_GPU else ''} |",
-        f"| Live webcam | {live_note} |",
-    ]  # fmt: skip
-    table = ["", "| dataset / split | mIoU | mean person share | reported no person |", "|---|---|---|---|", *rows]
-    return "\n".join(lines + (table if rows else [])) + (
-        f"\n\nHow the model was trained: see {how}. Masks are predicted at {size}x{size} and brought to the photo's "
-        "resolution with an edge-aware guided filter.")  # fmt: skip
 
 
 def live_webcam_status(seg: Segmenter, segment: Segment) -> tuple[bool, str]:
@@ -335,83 +300,178 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
             with gr.Tab("Photo", id="photo"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        photo = gr.Image(label="Photo", type="filepath", image_mode=None, height=380, elem_id="photo",
-                                         sources=["upload", "webcam", "clipboard"],
-                                         webcam_options=gr.WebcamOptions(mirror=True))  # fmt: skip
+                        photo = gr.Image(
+                            label="Photo",
+                            type="filepath",
+                            image_mode=None,
+                            height=380,
+                            elem_id="photo",
+                            sources=["upload", "webcam", "clipboard"],
+                            webcam_options=gr.WebcamOptions(mirror=True),
+                        )
                         run_btn = gr.Button("Segment", variant="primary", elem_id="run")
                         with gr.Accordion("Mask and background", open=True):
-                            threshold = gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold",
-                                                  info="Re-applied to the cached prediction: the model does not run again")  # fmt: skip
+                            threshold = gr.Slider(
+                                0.05,
+                                0.95,
+                                value=defaults.threshold,
+                                step=0.01,
+                                label="Threshold",
+                                info="Re-applied to the cached prediction: the model does not run again",
+                            )
                             with gr.Row():
                                 keep_largest = gr.Checkbox(defaults.keep_largest, label="Keep main person region")
                                 fill = gr.Checkbox(defaults.fill_holes, label="Fill holes")
                             feather_px = gr.Slider(0, 20, value=defaults.feather_px, step=1, label="Feather edge (px)")
                             bg_mode = gr.Radio(list(BACKGROUNDS), value="Transparent", label="Background")
                             bg_color = gr.ColorPicker("#00b140", label="Colour", visible=False)
-                            blur = gr.Slider(0.5, 10, value=Background.blur_percent, step=0.5, visible=False,
-                                             label="Blur strength (% of the photo's size)")  # fmt: skip
-                            bg_image = gr.Image(label="Background image", type="filepath", image_mode=None, height=160,
-                                                sources=["upload", "clipboard"], visible=False)  # fmt: skip
+                            blur = gr.Slider(
+                                0.5,
+                                10,
+                                value=Background.blur_percent,
+                                step=0.5,
+                                visible=False,
+                                label="Blur strength (% of the photo's size)",
+                            )
+                            bg_image = gr.Image(
+                                label="Background image",
+                                type="filepath",
+                                image_mode=None,
+                                height=160,
+                                sources=["upload", "clipboard"],
+                                visible=False,
+                            )
                         gr.Examples(example_paths(), inputs=photo, api_visibility="private", examples_per_page=8)
                     with gr.Column(scale=3):
                         stats = gr.Markdown(EMPTY_MESSAGE, elem_id="stats")
                         with gr.Row(equal_height=True):
-                            mask_out = gr.Image(label="Mask", type="filepath", format="png", image_mode="L",
-                                                buttons=["download", "fullscreen"], elem_id="mask")  # fmt: skip
-                            cutout_out = gr.Image(label="Cutout", type="filepath", format="png",
-                                                  image_mode="RGBA", buttons=["download", "fullscreen"], elem_id="cutout")  # fmt: skip
-                            overlay_out = gr.Image(label="Overlay", format="jpeg", buttons=["fullscreen"], elem_id="overlay")
-                        before_after = gr.ImageSlider(label="Before / after (drag the handle)", format="webp",
-                                                      image_mode=None, max_height=520, elem_id="before-after")  # fmt: skip
+                            mask_out = gr.Image(
+                                label="Mask",
+                                type="filepath",
+                                format="png",
+                                image_mode="L",
+                                buttons=["download", "fullscreen"],
+                                elem_id="mask",
+                            )
+                            cutout_out = gr.Image(
+                                label="Cutout",
+                                type="filepath",
+                                format="png",
+                                image_mode="RGBA",
+                                buttons=["download", "fullscreen"],
+                                elem_id="cutout",
+                            )
+                            overlay_out = gr.Image(
+                                label="Overlay", format="jpeg", buttons=["fullscreen"], elem_id="overlay"
+                            )
+                        before_after = gr.ImageSlider(
+                            label="Before / after (drag the handle)",
+                            format="webp",
+                            image_mode=None,
+                            max_height=520,
+                            elem_id="before-after",
+                        )
                         composite_btn = gr.DownloadButton("Download composite (full resolution)", visible=False)
                 prob_state = gr.State(None, time_to_live=3600)  # this session's (probability map, presence score)
                 api_btn = gr.Button(visible=False)  # the trigger of the /segment API endpoint
 
             with gr.Tab("Batch", id="batch"):
-                gr.Markdown(f"Segment up to {LIMITS.max_batch} photos at once: you get a ZIP with a mask and a cutout "
-                            "per photo, and a CSV of per-photo figures (also shown below).")  # fmt: skip
+                gr.Markdown(
+                    f"Segment up to {LIMITS.max_batch} photos at once: you get a ZIP with a mask and a cutout "
+                    "per photo, and a CSV of per-photo figures (also shown below)."
+                )
                 with gr.Row():
                     with gr.Column():
-                        batch_files = gr.File(label="Photos", file_count="multiple", file_types=["image"],
-                                              elem_id="batch-files")  # fmt: skip
+                        batch_files = gr.File(
+                            label="Photos", file_count="multiple", file_types=["image"], elem_id="batch-files"
+                        )
                         batch_threshold = gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold")
                         batch_btn = gr.Button("Segment all", variant="primary", elem_id="batch-run")
-                    batch_out = gr.File(label="Results (ZIP and CSV)", file_count="multiple", interactive=False,
-                                        elem_id="batch-out")  # fmt: skip
+                    batch_out = gr.File(
+                        label="Results (ZIP and CSV)", file_count="multiple", interactive=False, elem_id="batch-out"
+                    )
                 batch_table = gr.Dataframe(headers=CSV_COLUMNS, label="Per-photo figures", interactive=False, wrap=True)
 
             if live_on:
                 with gr.Tab("Live webcam", id="live"):
                     gr.Markdown("Start the camera: each frame is segmented as it arrives (up to a minute per session).")
                     with gr.Row():
-                        live_in = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy",
-                                           webcam_options=gr.WebcamOptions(mirror=True), elem_id="live-in")  # fmt: skip
+                        live_in = gr.Image(
+                            label="Camera",
+                            sources=["webcam"],
+                            streaming=True,
+                            type="numpy",
+                            webcam_options=gr.WebcamOptions(mirror=True),
+                            elem_id="live-in",
+                        )
                         live_out = gr.Image(label="Segmented", format="jpeg", elem_id="live-out")
                     live_threshold = gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold")
 
             with gr.Tab("Model", id="model"):
-                gr.Markdown(model_card(seg, live_note), elem_id="model-card")
+                gr.Markdown(model_card(seg, live_note, SPACE_ID, ZERO_GPU), elem_id="model-card")
 
         cache = photo.GRADIO_CACHE
         settings = [threshold, keep_largest, fill, feather_px, bg_mode, bg_color, blur, bg_image]
         outputs = [mask_out, cutout_out, overlay_out, before_after, composite_btn, stats]
-        gr.on([run_btn.click, photo.change], partial(segment_photo, segment, cache), [photo, *settings],
-              [*outputs, prob_state], api_visibility="private", trigger_mode="always_last", concurrency_id="model",
-              preprocess=False)  # fmt: skip
-        gr.on([threshold.release, keep_largest.change, fill.change, feather_px.release, bg_mode.change,
-               bg_color.change, blur.release, bg_image.change], partial(rerender, seg, cache),
-              [photo, prob_state, *settings], outputs, api_visibility="private", trigger_mode="always_last",
-              show_progress="minimal", preprocess=False)  # fmt: skip
-        bg_mode.change(show_background_controls, bg_mode, [bg_color, blur, bg_image], api_visibility="private",
-                       queue=False)  # fmt: skip
-        api_btn.click(partial(segment_api, segment, cache), [photo, threshold], [mask_out, cutout_out],
-                      api_name=SEGMENT_API_NAME, api_visibility="public", concurrency_id="model",
-                      api_description=segment_api.__doc__, preprocess=False)  # fmt: skip
-        batch_btn.click(partial(segment_batch, segment, cache), [batch_files, batch_threshold], [batch_out, batch_table],
-                        api_visibility="private", concurrency_id="model")  # fmt: skip
+        gr.on(
+            [run_btn.click, photo.change],
+            partial(segment_photo, segment, cache),
+            [photo, *settings],
+            [*outputs, prob_state],
+            api_visibility="private",
+            trigger_mode="always_last",
+            concurrency_id="model",
+            preprocess=False,
+        )
+        gr.on(
+            [
+                threshold.release,
+                keep_largest.change,
+                fill.change,
+                feather_px.release,
+                bg_mode.change,
+                bg_color.change,
+                blur.release,
+                bg_image.change,
+            ],
+            partial(rerender, seg, cache),
+            [photo, prob_state, *settings],
+            outputs,
+            api_visibility="private",
+            trigger_mode="always_last",
+            show_progress="minimal",
+            preprocess=False,
+        )
+        bg_mode.change(
+            show_background_controls, bg_mode, [bg_color, blur, bg_image], api_visibility="private", queue=False
+        )
+        api_btn.click(
+            partial(segment_api, segment, cache),
+            [photo, threshold],
+            [mask_out, cutout_out],
+            api_name=SEGMENT_API_NAME,
+            api_visibility="public",
+            concurrency_id="model",
+            api_description=segment_api.__doc__,
+            preprocess=False,
+        )
+        batch_btn.click(
+            partial(segment_batch, segment, cache),
+            [batch_files, batch_threshold],
+            [batch_out, batch_table],
+            api_visibility="private",
+            concurrency_id="model",
+        )
         if live_on:
-            live_in.stream(partial(segment_frame, segment), [live_in, live_threshold], live_out, stream_every=0.2,
-                           time_limit=60, concurrency_id="model", api_visibility="private")  # fmt: skip
+            live_in.stream(
+                partial(segment_frame, segment),
+                [live_in, live_threshold],
+                live_out,
+                stream_every=0.2,
+                time_limit=60,
+                concurrency_id="model",
+                api_visibility="private",
+            )
 
     return demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=64)
 
@@ -429,8 +489,9 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE, max_bytes=LIMITS.max_upload_bytes)
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.
-    return gr.mount_gradio_app(app, demo, path="/", max_file_size=LIMITS.max_upload_bytes, show_error=False,
-                               theme=gr.themes.Soft(), css=CSS)  # fmt: skip
+    return gr.mount_gradio_app(
+        app, demo, path="/", max_file_size=LIMITS.max_upload_bytes, show_error=False, theme=gr.themes.Soft(), css=CSS
+    )
 
 
 def main() -> None:
@@ -444,8 +505,12 @@ def main() -> None:
         sys.exit(f"error: could not load the model from {MODEL_ID!r} (SEGMENTER_MODEL): {e}")
     # A bounded graceful shutdown: open browser tabs and gradio_client heartbeats never close by themselves, and
     # without a timeout a SIGTERM would wait for them until a SIGKILL, skipping Gradio's cache clean-up.
-    uvicorn.run(app, host=os.getenv("GRADIO_SERVER_NAME", "0.0.0.0"), port=int(os.getenv("GRADIO_SERVER_PORT", "7860")),
-                timeout_graceful_shutdown=SHUTDOWN_SECONDS)  # fmt: skip
+    uvicorn.run(
+        app,
+        host=os.getenv("GRADIO_SERVER_NAME", "0.0.0.0"),
+        port=int(os.getenv("GRADIO_SERVER_PORT", "7860")),
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
 
 
 if __name__ == "__main__":

@@ -101,9 +101,9 @@ HELP: dict[str, str] = {
     "train_split": "split column value of the training rows",
     "val_split": "split column value of the validation rows (choose the best epoch)",
     "datasets": "train on a mix instead of --data: NAME[:SPLIT[:WEIGHT]],... (NAME under --data-root or a path; "
-                "WEIGHT: the source's share of each epoch's samples)",
+    "WEIGHT: the source's share of each epoch's samples)",
     "val_datasets": "validation sets NAME[:SPLIT],... (default split val); the best epoch has the highest mean of "
-                    "their IoUs",
+    "their IoUs",
     "data_root": "folder that --datasets and --val-datasets names are relative to",
     "epoch_samples": "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos",
     "arch": "generator",
@@ -123,7 +123,7 @@ HELP: dict[str, str] = {
     "real_label": "D's target for real pairs; <1: one-sided label smoothing",
     "size": "training resolution (pix2pix_unet: a power of two >= 32; effnet_unet: a multiple of 32)",
     "aug": "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour; robust: strong with crops "
-           "that cut people at the edge, JPEG, blur and noise",
+    "that cut people at the edge, JPEG, blur and noise",
     "composite_p": "chance of pasting the person onto another training photo",
     "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
     "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
@@ -144,24 +144,52 @@ HELP: dict[str, str] = {
     "resume": "a run folder (or its last.pt) to continue in place",
     "preset": "starting defaults, which other options override",
 }
-CHOICES: dict[str, list[str]] = {"arch": ["pix2pix_unet", "effnet_unet"], "aug": ["pix2pix", "strong", "robust"],
-                                 "device": ["auto", "cpu", "cuda"]}  # fmt: skip
+CHOICES: dict[str, list[str]] = {
+    "arch": ["pix2pix_unet", "effnet_unet"],
+    "aug": ["pix2pix", "strong", "robust"],
+    "device": ["auto", "cpu", "cuda"],
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     # The shipped weights: transfer-learning U-Net, strong augmentation, 2-core CPU in well under 2.5 h.
-    "cpu": {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
-            "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95, "batch_size": 8,
-            "tune_inference": True},
+    "cpu": {
+        "arch": "effnet_unet",
+        "epochs": 35,
+        "ndf": 32,
+        "aug": "strong",
+        "composite_p": 0.3,
+        "real_label": 0.9,
+        "lr_decay_every": 1,
+        "lr_decay_g": 0.95,
+        "lr_decay_d": 0.95,
+        "batch_size": 8,
+        "tune_inference": True,
+    },
     # Foreign photos: all three datasets, copy-paste, the presence head; fine-tunes the HSD-only cpu model.
-    "cpu-robust": {"arch": "effnet_unet", "epochs": 16, "ndf": 32, "aug": "robust", "paste_p": 0.5, "composite_p": 0.0,
-                   "datasets": "Human-Segmentation-Dataset:train:0.5,PennFudanPed:train:0.3,Negatives:train:0.2",
-                   "val_datasets": "Human-Segmentation-Dataset,PennFudanPed,Negatives", "epoch_samples": 480,
-                   "presence_weight": 1.0, "real_label": 0.9, "lr": 1e-4, "lr_decay_every": 1, "lr_decay_g": 0.88,
-                   "lr_decay_d": 0.88, "batch_size": 8, "tune_inference": True, "init_from": "weights/"},
+    "cpu-robust": {
+        "arch": "effnet_unet",
+        "epochs": 16,
+        "ndf": 32,
+        "aug": "robust",
+        "paste_p": 0.5,
+        "composite_p": 0.0,
+        "datasets": "Human-Segmentation-Dataset:train:0.5,PennFudanPed:train:0.3,Negatives:train:0.2",
+        "val_datasets": "Human-Segmentation-Dataset,PennFudanPed,Negatives",
+        "epoch_samples": 480,
+        "presence_weight": 1.0,
+        "real_label": 0.9,
+        "lr": 1e-4,
+        "lr_decay_every": 1,
+        "lr_decay_g": 0.88,
+        "lr_decay_d": 0.88,
+        "batch_size": 8,
+        "tune_inference": True,
+        "init_from": "weights/",
+    },
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
-}  # fmt: skip
+}
 
 
 # On --resume the saved run's config wins, except for these, which always come from this command line
@@ -217,8 +245,11 @@ def given_options(argv: list[str]) -> dict[str, Any]:
 def resume_config(saved: dict[str, Any], cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """The config of a resumed run: ``saved`` (from the checkpoint), with RESUME_CURRENT from ``cfg`` and
     RESUME_CHANGEABLE from the options ``given``. Any other option given with a different value is an error."""
-    conflicts = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in given.items()
-                 if k not in RESUME_CURRENT + RESUME_CHANGEABLE and saved.get(k) != v]  # fmt: skip
+    conflicts = [
+        f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})"
+        for k, v in given.items()
+        if k not in RESUME_CURRENT + RESUME_CHANGEABLE and saved.get(k) != v
+    ]
     if conflicts:
         raise SystemExit(f"--resume continues a run with its own config; cannot change: {', '.join(conflicts)}")
     changed = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE}
@@ -228,8 +259,13 @@ def resume_config(saved: dict[str, Any], cfg: TrainConfig, given: dict[str, Any]
 def model_config(cfg: TrainConfig) -> ModelConfig:
     """The generator's config. The pix2pix U-Net halves down to 1x1: log2(size) levels (8 at 256)."""
     num_downs = cfg.size.bit_length() - 1 if cfg.arch == "pix2pix_unet" else ModelConfig.num_downs
-    return ModelConfig(arch=cfg.arch, ngf=cfg.ngf, num_downs=num_downs, input_size=cfg.size,  # type: ignore[arg-type]
-                       presence_head=cfg.arch == "effnet_unet" and cfg.presence_weight > 0)
+    return ModelConfig(
+        arch=cfg.arch,
+        ngf=cfg.ngf,
+        num_downs=num_downs,
+        input_size=cfg.size,  # type: ignore[arg-type]
+        presence_head=cfg.arch == "effnet_unet" and cfg.presence_weight > 0,
+    )
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -263,9 +299,13 @@ def find_checkpoint(resume: str) -> Path:
 
 
 def rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "loader": loader_gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loader": loader_gen.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def all_rng_states(loader_gen: torch.Generator, world: int) -> list[dict[str, Any]]:
@@ -320,7 +360,9 @@ def validate_all(G: nn.Module, val_sets: list[tuple[str, DataLoader]], device: t
     """validate() on every val set: val_iou/val_dice/val_l1 are the means over the sets (one set: its own figures),
     plus ``val_iou/<name>`` per set when there are several."""
     per_set = {name: validate(G, loader, device) for name, loader in val_sets}
-    out = {key: float(np.mean([m[k] for m in per_set.values()])) for k, key in enumerate(("val_iou", "val_dice", "val_l1"))}
+    out = {
+        key: float(np.mean([m[k] for m in per_set.values()])) for k, key in enumerate(("val_iou", "val_dice", "val_l1"))
+    }
     if len(per_set) > 1:
         out |= {f"val_iou/{name}": m[0] for name, m in per_set.items()}
     return out
@@ -334,8 +376,10 @@ def save_samples(G: nn.Module, images: torch.Tensor, masks: torch.Tensor, path: 
     G.eval()
     fake = G(images.to(device)).float().cpu()
     G.train()
-    rows = [torch.stack([(im + 1) / 2, ((f + 1) / 2).expand(3, -1, -1), ((m + 1) / 2).expand(3, -1, -1)])
-            for im, f, m in zip(images, fake, masks, strict=True)]  # fmt: skip
+    rows = [
+        torch.stack([(im + 1) / 2, ((f + 1) / 2).expand(3, -1, -1), ((m + 1) / 2).expand(3, -1, -1)])
+        for im, f, m in zip(images, fake, masks, strict=True)
+    ]
     save_image(torch.cat(rows), path, nrow=3, padding=2, pad_value=1.0)
 
 
@@ -370,16 +414,22 @@ def write_logs(run_dir: Path, log: list[dict[str, Any]], append: bool) -> None:
 
 
 # ------------------------------------------------------------------ export
-def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any],
-           provenance: dict[str, Any]) -> Path:  # fmt: skip
+def export(
+    cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], best: dict[str, Any], provenance: dict[str, Any]
+) -> Path:
     """Best generator -> run_dir/export/{model.safetensors, config.json, README.md}, with val (and test) metrics;
     then ``--export-to`` (swapped in whole) and the model card. ``provenance`` goes into config.json's ``meta``."""
     mcfg = model_config(cfg)
     G = build_generator(mcfg)
     G.load_state_dict(G_state)
     out = run_dir / "export"
-    mcfg.meta = {"run_id": cfg.run_id, "preset": cfg.preset, "best_epoch": best["epoch"], **provenance,
-                 "train_config": dataclasses.asdict(cfg)}  # fmt: skip
+    mcfg.meta = {
+        "run_id": cfg.run_id,
+        "preset": cfg.preset,
+        "best_epoch": best["epoch"],
+        **provenance,
+        "train_config": dataclasses.asdict(cfg),
+    }
     _, val_sources = sources(cfg)
     val_sets, test_sets = [], []
     for src in val_sources:  # (a --data without split.csv has no named splits to record)
@@ -388,7 +438,9 @@ def export(cfg: TrainConfig, run_dir: Path, G_state: dict[str, torch.Tensor], be
         if cfg.eval_test:  # recorded for the card, never used to choose
             with contextlib.suppress(ValueError):
                 test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
-    mcfg = export_run(G, mcfg, out, val_sets, test_sets, tune=cfg.tune_inference and _has_split_sources(cfg), half=cfg.half)
+    mcfg = export_run(
+        G, mcfg, out, val_sets, test_sets, tune=cfg.tune_inference and _has_split_sources(cfg), half=cfg.half
+    )
     write_card(out, dataclasses.asdict(cfg), mcfg)
     if cfg.export_to:
         copy_export(out, Path(cfg.export_to))
@@ -417,9 +469,18 @@ def presence_target(mask: torch.Tensor) -> torch.Tensor:
     return ((mask > 0).flatten(1).float().mean(1) >= 1e-3).float()
 
 
-def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
-               opt_d: torch.optim.Optimizer, img: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig,
-               autocast: Any = None, scaler: Any = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def train_step(
+    G: nn.Module,
+    D_train: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    img: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: TrainConfig,
+    autocast: Any = None,
+    scaler: Any = None,
+) -> dict[str, torch.Tensor]:
     """One Pix2Pix step: D on (image, real mask) vs (image, generated mask .detach()), then G on
     GAN + lambda x L1 (+ Dice, + the presence head's BCE when those weights are > 0).
 
@@ -440,8 +501,10 @@ def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.opti
         with autocast:
             pred_real = D_train(torch.cat([img, mask], 1))
             pred_fake = D_train(torch.cat([img, fake.detach()], 1))
-            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.full_like(pred_real, cfg.real_label))
-                            + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))  # fmt: skip
+            loss_d = 0.5 * (
+                F.binary_cross_entropy_with_logits(pred_real, torch.full_like(pred_real, cfg.real_label))
+                + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake))
+            )
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
@@ -470,8 +533,11 @@ def train_step(G: nn.Module, D_train: nn.Module, D: nn.Module, opt_g: torch.opti
 def sources(cfg: TrainConfig) -> tuple[list[DataSource], list[DataSource]]:
     """The training mix and the validation sets: ``--datasets``/``--val-datasets``, or ``--data`` with its splits."""
     train = parse_sources(cfg.datasets, cfg.data_root) if cfg.datasets else [DataSource(cfg.data, cfg.train_split)]
-    val = (parse_sources(cfg.val_datasets, cfg.data_root, split="val") if cfg.val_datasets
-           else [DataSource(cfg.data, cfg.val_split)])  # fmt: skip
+    val = (
+        parse_sources(cfg.val_datasets, cfg.data_root, split="val")
+        if cfg.val_datasets
+        else [DataSource(cfg.data, cfg.val_split)]
+    )
     return train, val
 
 
@@ -495,15 +561,25 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
         train_parts, val_parts = [p[: cfg.limit] for p in train_parts], [p[: cfg.limit] for p in val_parts]
     weights = [src.weight / len(part) for src, part in zip(train_sources, train_parts, strict=True) for _ in part]
     train_pairs = [pair for part in train_parts for pair in part]
-    train_ds = SegmentationDataset(train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p,
-                                   paste_p=cfg.paste_p)  # fmt: skip
-    val_sets = [(src.name, SegmentationDataset(part, train=False, size=cfg.size))
-                for src, part in zip(val_sources, val_parts, strict=True)]  # fmt: skip
+    train_ds = SegmentationDataset(
+        train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p, paste_p=cfg.paste_p
+    )
+    val_sets = [
+        (src.name, SegmentationDataset(part, train=False, size=cfg.size))
+        for src, part in zip(val_sources, val_parts, strict=True)
+    ]
     return train_ds, weights, val_sets
 
 
-def make_sampler(cfg: TrainConfig, train_ds: SegmentationDataset, weights: list[float], gen: torch.Generator,
-                 ddp: bool, world: int, rank: int) -> Sampler | None:  # fmt: skip
+def make_sampler(
+    cfg: TrainConfig,
+    train_ds: SegmentationDataset,
+    weights: list[float],
+    gen: torch.Generator,
+    ddp: bool,
+    world: int,
+    rank: int,
+) -> Sampler | None:
     """DDP: a DistributedSampler; a --datasets mix: draws by the sources' weights; else None (plain shuffling)."""
     if ddp:
         if cfg.datasets:
@@ -521,7 +597,9 @@ def init_generator(G: nn.Module, weights: str) -> None:
     state = Segmenter.from_pretrained(weights, device="cpu").model.state_dict()
     missing, unexpected = G.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("presence.") for k in missing):
-        raise SystemExit(f"--init-from {weights}: does not fit this generator (missing {missing}, unexpected {unexpected})")
+        raise SystemExit(
+            f"--init-from {weights}: does not fit this generator (missing {missing}, unexpected {unexpected})"
+        )
     print(f"initialised G from {weights}" + (f" (new: {len(missing)} presence-head tensors)" if missing else ""))
 
 
@@ -594,7 +672,9 @@ def setup_process(cfg: TrainConfig) -> tuple[torch.device, int, int]:
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     if ddp:
         dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cfg.device == "cuda" and ddp else cfg.device)
+    device = torch.device(
+        f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cfg.device == "cuda" and ddp else cfg.device
+    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if cfg.threads:
@@ -638,16 +718,35 @@ def setup(argv: list[str]) -> tuple[Run, dict[str, Any] | None]:
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     sampler = make_sampler(cfg, train_ds, sample_weights, loader_gen, ddp, world, rank)
     per_rank = len(sampler) if sampler is not None else len(train_ds)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=loader_gen, num_workers=cfg.workers, drop_last=per_rank > cfg.batch_size,
-                        persistent_workers=cfg.workers > 0)  # fmt: skip
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=loader_gen,
+        num_workers=cfg.workers,
+        drop_last=per_rank > cfg.batch_size,
+        persistent_workers=cfg.workers > 0,
+    )
     first_val = val_sets[0][1]
     picks = range(min(cfg.samples, len(first_val)))
     samples = (torch.stack([first_val[i][0] for i in picks]), torch.stack([first_val[i][1] for i in picks]))
     if rank == 0 and ckpt is None:
         save_augmented(train_ds, run_dir / "augmented.png", cfg.seed)
-    run = Run(cfg, commands, run_dir, device, rank, world, train_ds, val_sets, loader,
-              [(name, DataLoader(ds, batch_size=16)) for name, ds in val_sets], loader_gen, samples)  # fmt: skip
+    run = Run(
+        cfg,
+        commands,
+        run_dir,
+        device,
+        rank,
+        world,
+        train_ds,
+        val_sets,
+        loader,
+        [(name, DataLoader(ds, batch_size=16)) for name, ds in val_sets],
+        loader_gen,
+        samples,
+    )
     return run, ckpt
 
 
@@ -668,7 +767,12 @@ def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
     if ckpt is not None:
         for name in ("G", "D", "opt_g", "opt_d", "sched_g", "sched_d"):
             getattr(run, name).load_state_dict(ckpt[name])
-        run.start_epoch, run.best, run.best_state, run.log = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_G"], ckpt["log"]
+        run.start_epoch, run.best, run.best_state, run.log = (
+            ckpt["epoch"] + 1,
+            ckpt["best"],
+            ckpt["best_G"],
+            ckpt["log"],
+        )
         states = ckpt.get("rng_ranks") or [ckpt["rng"]]  # per rank (DDP), or rank 0's alone (older checkpoints)
         set_rng_state(states[run.rank % len(states)], run.loader_gen)
         if run.master:
@@ -685,8 +789,10 @@ def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
     if run.master:
         n_g = sum(p.numel() for p in G.parameters())
         n_d = sum(p.numel() for p in D.parameters()) if cfg.gan_weight > 0 else 0
-        print(f"run {cfg.run_id}: {cfg.arch} G {n_g:,} params, D {n_d:,} params, {len(run.train_ds)} train / "
-              f"{sum(len(ds) for _, ds in run.val_sets)} val images, {device}, {run.world} process(es) -> {run.run_dir}")  # fmt: skip
+        print(
+            f"run {cfg.run_id}: {cfg.arch} G {n_g:,} params, D {n_d:,} params, {len(run.train_ds)} train / "
+            f"{sum(len(ds) for _, ds in run.val_sets)} val images, {device}, {run.world} process(es) -> {run.run_dir}"
+        )
 
 
 def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> dict[str, float] | None:
@@ -699,12 +805,15 @@ def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> dict[str, flo
     for img, mask in bar:
         t_data += time.time() - t_fetch
         img, mask = img.to(run.device, non_blocking=True), mask.to(run.device, non_blocking=True)
-        losses = train_step(run.G_train, run.D_train, run.D, run.opt_g, run.opt_d, img, mask, run.cfg, run.autocast,
-                            run.scaler)  # fmt: skip
+        losses = train_step(
+            run.G_train, run.D_train, run.D, run.opt_g, run.opt_d, img, mask, run.cfg, run.autocast, run.scaler
+        )
         for key, value in losses.items():
             sums[key] += value.item()
         n += 1
-        bar.set_postfix(D=f"{sums['loss_d'] / n:.3f}", G_gan=f"{sums['loss_g_gan'] / n:.3f}", L1=f"{sums['loss_g_l1'] / n:.3f}")
+        bar.set_postfix(
+            D=f"{sums['loss_d'] / n:.3f}", G_gan=f"{sums['loss_g_gan'] / n:.3f}", L1=f"{sums['loss_g_l1'] / n:.3f}"
+        )
         if stop():
             break
         t_fetch = time.time()
@@ -725,9 +834,15 @@ def end_of_epoch(run: Run, epoch: int, losses: dict[str, float], t0: float) -> N
         all_rng_states(run.loader_gen, run.world)  # join rank 0's gather for its checkpoint
         return
     val = validate_all(run.G, run.val_loaders, run.device)
-    record = {"epoch": epoch + 1, **{k: v for k, v in losses.items() if k != "data_seconds"}, "lr_g": lr_g,
-              "lr_d": run.opt_d.param_groups[0]["lr"], **val, "seconds": time.time() - t0,
-              "data_seconds": losses["data_seconds"]}  # fmt: skip
+    record = {
+        "epoch": epoch + 1,
+        **{k: v for k, v in losses.items() if k != "data_seconds"},
+        "lr_g": lr_g,
+        "lr_d": run.opt_d.param_groups[0]["lr"],
+        **val,
+        "seconds": time.time() - t0,
+        "data_seconds": losses["data_seconds"],
+    }
     run.log.append(record)
     if val["val_iou"] > run.best["val_iou"]:
         run.best = {"val_iou": val["val_iou"], "val_dice": val["val_dice"], "epoch": epoch + 1}
@@ -736,33 +851,55 @@ def end_of_epoch(run: Run, epoch: int, losses: dict[str, float], t0: float) -> N
     save_samples(run.G, *run.samples, run.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", run.device)
     plot_curves(run.log, run.run_dir / "curves.png", cfg.size)
     rngs = all_rng_states(run.loader_gen, run.world)  # after every random draw of this epoch (validate draws one)
-    atomic_save({"G": run.G.state_dict(), "D": run.D.state_dict(), "opt_g": run.opt_g.state_dict(),
-                 "opt_d": run.opt_d.state_dict(), "sched_g": run.sched_g.state_dict(),
-                 "sched_d": run.sched_d.state_dict(), "epoch": epoch, "rng": rngs[0], "rng_ranks": rngs,
-                 "best": run.best, "best_G": run.best_state, "log": run.log, "config": dataclasses.asdict(cfg),
-                 "commands": run.commands}, run.run_dir / "last.pt")  # fmt: skip
+    atomic_save(
+        {
+            "G": run.G.state_dict(),
+            "D": run.D.state_dict(),
+            "opt_g": run.opt_g.state_dict(),
+            "opt_d": run.opt_d.state_dict(),
+            "sched_g": run.sched_g.state_dict(),
+            "sched_d": run.sched_d.state_dict(),
+            "epoch": epoch,
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "best": run.best,
+            "best_G": run.best_state,
+            "log": run.log,
+            "config": dataclasses.asdict(cfg),
+            "commands": run.commands,
+        },
+        run.run_dir / "last.pt",
+    )
     best = run.best
-    print(f"epoch {epoch + 1}/{cfg.epochs}  D {record['loss_d']:.3f}  G_gan {record['loss_g_gan']:.3f}  "
-          f"L1 {record['loss_g_l1']:.4f}  val IoU {val['val_iou']:.4f}  Dice {val['val_dice']:.4f}  lr {lr_g:.2e}  "
-          f"{record['seconds']:.0f}s (data {record['data_seconds']:.1f}s)  best {best['val_iou']:.4f}@{best['epoch']}",
-          flush=True)  # fmt: skip
+    print(
+        f"epoch {epoch + 1}/{cfg.epochs}  D {record['loss_d']:.3f}  G_gan {record['loss_g_gan']:.3f}  "
+        f"L1 {record['loss_g_l1']:.4f}  val IoU {val['val_iou']:.4f}  Dice {val['val_dice']:.4f}  lr {lr_g:.2e}  "
+        f"{record['seconds']:.0f}s (data {record['data_seconds']:.1f}s)  best {best['val_iou']:.4f}@{best['epoch']}",
+        flush=True,
+    )
 
 
 def finish(run: Run) -> int:
     """Rank 0 exports the best epoch (and pushes it to the Hub); returns the exit code."""
     cfg = run.cfg
     train_sources, val_sources = sources(cfg)
-    data = {"train_images": len(run.train_ds), "val_images": sum(len(ds) for _, ds in run.val_sets),
-            "sources": [dataclasses.asdict(s) for s in train_sources],
-            "val_sources": [dataclasses.asdict(s) for s in val_sources]}  # fmt: skip
+    data = {
+        "train_images": len(run.train_ds),
+        "val_images": sum(len(ds) for _, ds in run.val_sets),
+        "sources": [dataclasses.asdict(s) for s in train_sources],
+        "val_sources": [dataclasses.asdict(s) for s in val_sources],
+    }
     out = export(cfg, run.run_dir, run.best_state, run.best, {"commands": run.commands, "data": data})
     print(f"exported best epoch {run.best['epoch']} (val IoU {run.best['val_iou']:.4f}) -> {out}")
     if cfg.push_to_hub:
         try:
             print(f"pushed to the Hub: {push_to_hub(out, cfg.push_to_hub)}")
         except Exception as e:  # network, auth, ...: the run itself is complete
-            print(f"push to {cfg.push_to_hub} failed ({type(e).__name__}: {e}); the export is in {out}; retry with: "
-                  f"python train.py --resume {run.run_dir} --push-to-hub {cfg.push_to_hub}", file=sys.stderr)  # fmt: skip
+            print(
+                f"push to {cfg.push_to_hub} failed ({type(e).__name__}: {e}); the export is in {out}; retry with: "
+                f"python train.py --resume {run.run_dir} --push-to-hub {cfg.push_to_hub}",
+                file=sys.stderr,
+            )
             return 1
     return 0
 
@@ -779,8 +916,10 @@ def run(argv: list[str]) -> int:
             raise KeyboardInterrupt
         interrupted = True
         if run.master:
-            print("\nCtrl-C: stopping after this step; the last end-of-epoch checkpoint is kept (Ctrl-C again to abort)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "\nCtrl-C: stopping after this step; the last end-of-epoch checkpoint is kept (Ctrl-C again to abort)",
+                file=sys.stderr,
+            )
 
     signal.signal(signal.SIGINT, on_sigint)
     done = run.start_epoch  # epochs in the checkpoint
@@ -798,8 +937,11 @@ def run(argv: list[str]) -> int:
         dist.destroy_process_group()
     if interrupted:
         if run.master and done:
-            print(f"interrupted: {run.run_dir / 'last.pt'} holds epoch {done}/{run.cfg.epochs}; continue with: "
-                  f"python train.py --resume {run.run_dir}", file=sys.stderr)  # fmt: skip
+            print(
+                f"interrupted: {run.run_dir / 'last.pt'} holds epoch {done}/{run.cfg.epochs}; continue with: "
+                f"python train.py --resume {run.run_dir}",
+                file=sys.stderr,
+            )
         elif run.master:
             print("interrupted in the first epoch, before any checkpoint: nothing to resume", file=sys.stderr)
         return 130

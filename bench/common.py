@@ -123,9 +123,14 @@ def sync(device: torch.device | str = "cpu") -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                     device: torch.device | str = "cpu", max_seconds: float | None = None,
-                     min_rounds: int = 3) -> dict[str, Timing]:  # fmt: skip
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    max_seconds: float | None = None,
+    min_rounds: int = 3,
+) -> dict[str, Timing]:
     """Time several candidates round-robin (one call of each per round), so background load hits them alike.
 
     On a shared machine this is what makes their ratios meaningful: a burst of load slows one round of every
@@ -149,8 +154,13 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: 
     return {name: Timing(s) for name, s in samples.items()}
 
 
-def time_calls(fn: Callable[[], object], iters: int, warmup: int = 2, device: torch.device | str = "cpu",
-               max_seconds: float | None = None) -> Timing:  # fmt: skip
+def time_calls(
+    fn: Callable[[], object],
+    iters: int,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+    max_seconds: float | None = None,
+) -> Timing:
     """Time ``iters`` calls of one function (see ``time_interleaved``)."""
     return time_interleaved({"f": fn}, iters, warmup, device, max_seconds)["f"]
 
@@ -233,7 +243,10 @@ def running_app(weights: Path, env: dict[str, str] | None = None) -> Iterator[An
     every test, benchmark and script uses); yields its Served (``url``, ``proc``, ``log``)."""
     if not APP.is_file():
         raise FileNotFoundError(f"{APP} does not exist yet")
-    with tempfile.TemporaryDirectory(prefix="bench-app-") as log_dir, serve_app(weights, Path(log_dir), **(env or {})) as app:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-app-") as log_dir,
+        serve_app(weights, Path(log_dir), **(env or {})) as app,
+    ):
         yield app
 
 

@@ -51,8 +51,14 @@ def stage_calls(seg: Segmenter, data: bytes) -> dict[str, Callable[[], object]]:
     low, presence = seg.predict_low_res([photo])
     prob = upsample(low[0], photo, "guided")
     options = Options()
-    result = finish(photo, prob, None if presence is None else float(presence[0]), options, seg.threshold,
-                    seg.cfg.presence_threshold)  # fmt: skip
+    result = finish(
+        photo,
+        prob,
+        None if presence is None else float(presence[0]),
+        options,
+        seg.threshold,
+        seg.cfg.presence_threshold,
+    )
     return {
         "end to end": lambda: encode_png(seg.segment(Image.open(io.BytesIO(data))).mask),
         "decode": lambda: as_pil(Image.open(io.BytesIO(data))),
@@ -67,7 +73,9 @@ def stage_calls(seg: Segmenter, data: bytes) -> dict[str, Callable[[], object]]:
 STAGES = ["decode", "preprocess", "model", "upsample (guided)", "finish", "encode"]
 
 
-def in_process(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float) -> tuple[str, dict[float, dict[str, Timing]]]:  # fmt: skip
+def in_process(
+    seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float
+) -> tuple[str, dict[float, dict[str, Timing]]]:
     results: dict[float, dict[str, Timing]] = {}
     for mp in sizes:
         results[mp] = time_interleaved(stage_calls(seg, jpeg_bytes(mp)), rounds, warmup=1, max_seconds=max_seconds)
@@ -77,14 +85,19 @@ def in_process(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
         total = sum(t[s].p50 for s in STAGES)
         row = [f"{mp:g} MP", str(len(jpeg_bytes(mp)) // 1024), str(len(t["model"].samples))]
         row += [f"{ms(t[s].p50)} / {ms(t[s].p95)}" for s in STAGES]
-        row += [ms(total), f"{ms(t['end to end'].p50)} / {ms(t['end to end'].p95)}",
-                f"{t['end to end'].p50 / t['model'].p50:.2f}x"]  # fmt: skip
+        row += [
+            ms(total),
+            f"{ms(t['end to end'].p50)} / {ms(t['end to end'].p95)}",
+            f"{t['end to end'].p50 / t['model'].p50:.2f}x",
+        ]
         rows.append(row)
     table = "### In process: Segmenter.segment + PNG, ms p50 / p95\n\n" + markdown_table(headers, rows)
     noisy = [f"{mp:g} MP" for mp, t in results.items() if t["model"].p95 > 1.5 * t["model"].p50]
     if noisy:
-        table += (f"\n\nNoisy ({', '.join(noisy)}: model p95 > 1.5x p50): the CPU is shared or oversubscribed; "
-                  "ratios are unreliable. Try --threads 1, more --rounds, or a quieter machine.")  # fmt: skip
+        table += (
+            f"\n\nNoisy ({', '.join(noisy)}: model p95 > 1.5x p50): the CPU is shared or oversubscribed; "
+            "ratios are unreliable. Try --threads 1, more --rounds, or a quieter machine."
+        )
     return table, results
 
 

@@ -64,8 +64,11 @@ def rate_probes(device: torch.device) -> dict[str, tuple[Callable[[], object], f
         with torch.inference_mode():
             return conv(x)
 
-    return {"matmul fp32": (lambda: a @ b, 2 * n**3), "conv3x3 fp32": (run_conv, conv_flops),
-            "matmul bf16": (lambda: ab @ bb, 2 * n**3)}  # fmt: skip
+    return {
+        "matmul fp32": (lambda: a @ b, 2 * n**3),
+        "conv3x3 fp32": (run_conv, conv_flops),
+        "matmul bf16": (lambda: ab @ bb, 2 * n**3),
+    }
 
 
 def convs_alone(model: nn.Module, device: torch.device, rounds: int, max_seconds: float) -> float:
@@ -137,8 +140,16 @@ def onnx_file(model: nn.Module, key: str) -> Path:
         x = torch.randn(2, 3, SIZE, SIZE)
         tmp = path.with_suffix(".part")
         with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(copy.deepcopy(model).eval(), (x,), str(tmp), input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)  # fmt: skip
+            torch.onnx.export(
+                copy.deepcopy(model).eval(),
+                (x,),
+                str(tmp),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=False,
+            )
         tmp.replace(path)
     return path
 
@@ -169,8 +180,10 @@ def variants(onnx_key: str, with_compile: bool) -> list[Variant]:
     if all(_has(m) for m in ("onnxruntime", "onnx", "onnxscript")):  # run, and export with torch.onnx (dynamo)
         out.append(Variant("ONNX Runtime fp32", _onnxruntime(onnx_key), devices=("cpu",)))
     if with_compile:
-        out += [Variant("torch.compile (inductor, freezing)", _compiled(False), batched=False),
-                Variant("torch.compile + bf16 autocast", _compiled(True), exact=False, batched=False)]  # fmt: skip
+        out += [
+            Variant("torch.compile (inductor, freezing)", _compiled(False), batched=False),
+            Variant("torch.compile + bf16 autocast", _compiled(True), exact=False, batched=False),
+        ]
     return out
 
 
@@ -261,8 +274,12 @@ def print_flops(archs: list[str], override: str | None) -> None:
 def print_results(results: list[ArchResult]) -> None:
     print("### Machine rates, measured interleaved with each generator's forward passes (p50 GFLOP/s)\n")
     probe_names = list(results[0].rates)
-    print(markdown_table(["measured beside", "device", "threads", *probe_names],
-                         [[r.arch, r.device, r.threads, *[fmt(r.rates[n], 0) for n in probe_names]] for r in results]))  # fmt: skip
+    print(
+        markdown_table(
+            ["measured beside", "device", "threads", *probe_names],
+            [[r.arch, r.device, r.threads, *[fmt(r.rates[n], 0) for n in probe_names]] for r in results],
+        )
+    )
     print()
     print("### Floor vs measured forward (p50; floor = FLOPs / max(fp32 matmul, conv rate))\n")
     rows = []
@@ -274,11 +291,39 @@ def print_results(results: list[ArchResult]) -> None:
                 continue
             shown.add(name)
             tput = {bs: (f"{bs / r.batched[name, bs].p50:.1f}" if (name, bs) in r.batched else "–") for bs in (8, 16)}
-            rows.append([r.arch, r.device, r.threads, f"{label}: {name}", f"{r.floor_s * 1e3:.1f}", f"{r.convs_alone_s * 1e3:.1f}",
-                         f"{r.b1[name].p50 * 1e3:.1f}", f"{r.b1[name].p50 / r.floor_s:.2f}x", tput[8], tput[16],
-                         f"{1 / r.floor_s:.1f}"])  # fmt: skip
-    print(markdown_table(["generator", "device", "threads", "forward", "floor ms", "convs alone ms", "b1 p50 ms",
-                          "b1 / floor", "b8 img/s", "b16 img/s", "floor img/s"], rows))  # fmt: skip
+            rows.append(
+                [
+                    r.arch,
+                    r.device,
+                    r.threads,
+                    f"{label}: {name}",
+                    f"{r.floor_s * 1e3:.1f}",
+                    f"{r.convs_alone_s * 1e3:.1f}",
+                    f"{r.b1[name].p50 * 1e3:.1f}",
+                    f"{r.b1[name].p50 / r.floor_s:.2f}x",
+                    tput[8],
+                    tput[16],
+                    f"{1 / r.floor_s:.1f}",
+                ]
+            )
+    print(
+        markdown_table(
+            [
+                "generator",
+                "device",
+                "threads",
+                "forward",
+                "floor ms",
+                "convs alone ms",
+                "b1 p50 ms",
+                "b1 / floor",
+                "b8 img/s",
+                "b16 img/s",
+                "floor img/s",
+            ],
+            rows,
+        )
+    )
     print()
     for r in results:
         base = r.b1[next(iter(r.b1))].p50
@@ -286,10 +331,35 @@ def print_results(results: list[ArchResult]) -> None:
         rows = []
         for name, t in r.b1.items():
             tput = {bs: (f"{bs / r.batched[name, bs].p50:.1f}" if (name, bs) in r.batched else "–") for bs in (8, 16)}
-            rows.append([name, f"{t.p50 * 1e3:.1f}", f"{t.p95 * 1e3:.1f}", f"{base / t.p50:.2f}x", f"{t.p50 / r.floor_s:.2f}x",
-                         tput[8], tput[16], f"{r.max_diff[name]:.1e}", f"{r.flipped[name] * 100:.3f}"])  # fmt: skip
-        print(markdown_table(["variant", "b1 p50 ms", "b1 p95 ms", "speed-up", "b1 / floor", "b8 img/s", "b16 img/s",
-                              "max abs diff", "mask px flipped %"], rows))  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    f"{t.p50 * 1e3:.1f}",
+                    f"{t.p95 * 1e3:.1f}",
+                    f"{base / t.p50:.2f}x",
+                    f"{t.p50 / r.floor_s:.2f}x",
+                    tput[8],
+                    tput[16],
+                    f"{r.max_diff[name]:.1e}",
+                    f"{r.flipped[name] * 100:.3f}",
+                ]
+            )
+        print(
+            markdown_table(
+                [
+                    "variant",
+                    "b1 p50 ms",
+                    "b1 p95 ms",
+                    "speed-up",
+                    "b1 / floor",
+                    "b8 img/s",
+                    "b16 img/s",
+                    "max abs diff",
+                    "mask px flipped %",
+                ],
+                rows,
+            )
+        )
         print()
 
 
@@ -309,8 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-cuda", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.arch, args.threads, args.rounds, args.batch_rounds, args.batches = (
-            ["effnet_unet"], [1], 4, 1, [8])  # fmt: skip
+        args.arch, args.threads, args.rounds, args.batch_rounds, args.batches = (["effnet_unet"], [1], 4, 1, [8])
     print_machine("Model floor: generator FLOPs vs this machine's rate")
     print("weights: " + "; ".join(f"{a}: {weights_label(weights_for(a, override=args.weights))}" for a in args.arch))
     print("(mask agreement is only meaningful with trained weights; timings do not depend on them)\n")
@@ -326,10 +395,22 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for r in results:
         base, exact, any_ = (r.b1[n].p50 / r.floor_s for n in (next(iter(r.b1)), r.fastest(True), r.fastest(False)))
-        rows.append([r.arch, r.device, r.threads, f"{base:.2f}x", f"{exact:.2f}x ({r.fastest(True)})",
-                     f"{any_:.2f}x ({r.fastest(False)})", "met" if exact <= 1.5 else "NOT met"])  # fmt: skip
-    print(markdown_table(["generator", "device", "threads", "baseline", "fastest fp32", "fastest (any)",
-                          "fp32 within 1.5x"], rows))  # fmt: skip
+        rows.append(
+            [
+                r.arch,
+                r.device,
+                r.threads,
+                f"{base:.2f}x",
+                f"{exact:.2f}x ({r.fastest(True)})",
+                f"{any_:.2f}x ({r.fastest(False)})",
+                "met" if exact <= 1.5 else "NOT met",
+            ]
+        )
+    print(
+        markdown_table(
+            ["generator", "device", "threads", "baseline", "fastest fp32", "fastest (any)", "fp32 within 1.5x"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

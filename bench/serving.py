@@ -100,8 +100,7 @@ class Load:
         return len(self.latencies) / self.wall if self.wall else 0.0
 
 
-def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler,
-             rss_every: int = 0) -> Load:  # fmt: skip
+def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler, rss_every: int = 0) -> Load:
     """``requests`` requests from ``clients`` concurrent clients (each its own Client). With ``rss_every``, the
     server's RSS is read each time that many more requests have completed (``Load.rss_trace``)."""
     result = Load(clients)
@@ -160,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--soak-clients", type=int, default=4)
     p.add_argument("--mp", type=float, default=0.3, help="photo size in megapixels")
     p.add_argument("--weights", help="weights folder (default: weights/ if it holds effnet_unet, else random)")
-    p.add_argument("--app-threads", type=int, default=0,
-                   help="torch threads in the app (OMP_NUM_THREADS) and in the model-bound measurement; 0: default")  # fmt: skip
+    p.add_argument(
+        "--app-threads",
+        type=int,
+        default=0,
+        help="torch threads in the app (OMP_NUM_THREADS) and in the model-bound measurement; 0: default",
+    )
     p.add_argument("--app-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for the app")
     args = p.parse_args(argv)
     if args.app_threads:
@@ -196,9 +199,20 @@ def main(argv: list[str] | None = None) -> None:
                 first = soak.rss_trace[0][1] if soak.rss_trace else end
                 growth = (end - first) / first
                 trace = " ".join(f"{n}:{mib(v)}" for n, v in soak.rss_trace)
-                soak_rows.append([str(args.soak_clients), str(args.requests), str(len(soak.errors)), mib(idle_rss),
-                                  mib(first), mib(end), f"{growth * 100:+.1f}%", mib(soak.peak_rss), trace,
-                                  "met" if growth < 0.10 and not soak.errors else "NOT met"])  # fmt: skip
+                soak_rows.append(
+                    [
+                        str(args.soak_clients),
+                        str(args.requests),
+                        str(len(soak.errors)),
+                        mib(idle_rss),
+                        mib(first),
+                        mib(end),
+                        f"{growth * 100:+.1f}%",
+                        mib(soak.peak_rss),
+                        trace,
+                        "met" if growth < 0.10 and not soak.errors else "NOT met",
+                    ]
+                )
     finally:
         photo.unlink(missing_ok=True)
     model_after = model_time(weights, 10)
@@ -207,20 +221,49 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for load in loads:
         t = Timing(load.latencies) if load.latencies else None
-        rows.append([str(load.clients), str(len(load.latencies)), str(len(load.errors)), f"{load.wall:.1f}",
-                     f"{load.throughput:.2f}", f"{load.throughput / model_rate:.2f}x",
-                     ms(t.p50) if t else "–", ms(t.p95) if t else "–", mib(load.peak_rss)])  # fmt: skip
+        rows.append(
+            [
+                str(load.clients),
+                str(len(load.latencies)),
+                str(len(load.errors)),
+                f"{load.wall:.1f}",
+                f"{load.throughput:.2f}",
+                f"{load.throughput / model_rate:.2f}x",
+                ms(t.p50) if t else "–",
+                ms(t.p95) if t else "–",
+                mib(load.peak_rss),
+            ]
+        )
     print(
         f"model-bound rate: 1 / {ms(model.p50)} ms = {model_rate:.2f} img/s (batch-1 forward p50 in this process, "
         f"the faster of before the app ({ms(model_before.p50)} ms) and after it ({ms(model_after.p50)} ms))\n"
     )
     print("### Concurrent clients (requests bounded per level)\n")
-    print(markdown_table(["clients", "ok", "errors", "wall s", "img/s", "vs model-bound", "p50 ms", "p95 ms",
-                          "server peak RSS MiB"], rows))  # fmt: skip
+    print(
+        markdown_table(
+            ["clients", "ok", "errors", "wall s", "img/s", "vs model-bound", "p50 ms", "p95 ms", "server peak RSS MiB"],
+            rows,
+        )
+    )
     if soak_rows:
         print("\n### Soak: server RSS\n")
-        print(markdown_table(["clients", "requests", "errors", "idle MiB", "after 50 MiB", "at end MiB", "growth",
-                              "peak MiB", "MiB every 50 requests", "growth < 10%, no errors"], soak_rows))  # fmt: skip
+        print(
+            markdown_table(
+                [
+                    "clients",
+                    "requests",
+                    "errors",
+                    "idle MiB",
+                    "after 50 MiB",
+                    "at end MiB",
+                    "growth",
+                    "peak MiB",
+                    "MiB every 50 requests",
+                    "growth < 10%, no errors",
+                ],
+                soak_rows,
+            )
+        )
     top = max(rows, key=lambda r: int(r[0]))
     print(
         f"\nTarget at {top[0]} clients: throughput >= 0.9x model-bound: {top[5]} "

@@ -49,8 +49,13 @@ class GanStep:
         G = build_generator(trainpy.model_config(cfg)).train()
         D = build_discriminator(in_channels=4, ndf=cfg.ndf).train()
         betas = (cfg.beta1, cfg.beta2)
-        return cls(G, D, torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas),
-                   torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas), cfg)  # fmt: skip
+        return cls(
+            G,
+            D,
+            torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas),
+            torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas),
+            cfg,
+        )
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> float:
         losses = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg)
@@ -60,8 +65,14 @@ class GanStep:
 
 def train_loader(cfg: Any, train_ds: Any) -> DataLoader:
     """The training DataLoader as train.py builds it (single process)."""
-    return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                      drop_last=len(train_ds) > cfg.batch_size, persistent_workers=cfg.workers > 0)  # fmt: skip
+    return DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.workers,
+        drop_last=len(train_ds) > cfg.batch_size,
+        persistent_workers=cfg.workers > 0,
+    )
 
 
 @dataclass
@@ -118,8 +129,18 @@ def measure(preset: str, steps: int, workers: int | None, limit: int) -> PresetR
     trainpy.validate(step.G, DataLoader(val_ds, batch_size=16), torch.device("cpu"))
     val_s = time.perf_counter() - t0
     steps_per_epoch = EPOCH_IMAGES // cfg.batch_size  # train.py drops the last partial batch
-    return PresetResult(preset, cfg.arch, cfg.batch_size, cfg.workers, steps_per_epoch, data_epoch, Timing(fetch),
-                        fed_step, timings["fixed"], val_s)  # fmt: skip
+    return PresetResult(
+        preset,
+        cfg.arch,
+        cfg.batch_size,
+        cfg.workers,
+        steps_per_epoch,
+        data_epoch,
+        Timing(fetch),
+        fed_step,
+        timings["fixed"],
+        val_s,
+    )
 
 
 def report(results: list[PresetResult], steps: int, limit: int) -> str:
@@ -127,15 +148,42 @@ def report(results: list[PresetResult], steps: int, limit: int) -> str:
     for r in results:
         share_loop = r.steps_per_epoch * r.fetch.p50 / r.epoch_s
         share_alone = r.data_epoch_s / (r.data_epoch_s + r.model_epoch_s)
-        rows.append([r.preset, r.arch, str(r.batch), str(r.workers), str(r.steps_per_epoch),
-                     f"{r.fixed_step.p50:.2f}", f"{r.fed_step.p50:.2f}", f"{r.fetch.p50 * 1e3:.0f}",
-                     f"{r.epoch_s:.0f}", f"{r.model_epoch_s:.0f}", f"{r.data_epoch_s:.1f}", f"{r.val_s:.1f}",
-                     f"{share_alone * 100:.1f}%", f"{share_loop * 100:.1f}%",
-                     "met" if max(share_alone, share_loop) <= 0.05 else "NOT met"])  # fmt: skip
-    headers = ["preset", "generator", "batch", "workers", "steps / epoch", "step alone s (fixed batch)",
-               "step s (loader-fed)", "fetch ms / batch", "epoch-equivalent s", "model-only epoch s",
-               "DataLoader pass alone s", "val pass s", "data share (alone)", "data share (in loop)",
-               "data <= 5%"]  # fmt: skip
+        rows.append(
+            [
+                r.preset,
+                r.arch,
+                str(r.batch),
+                str(r.workers),
+                str(r.steps_per_epoch),
+                f"{r.fixed_step.p50:.2f}",
+                f"{r.fed_step.p50:.2f}",
+                f"{r.fetch.p50 * 1e3:.0f}",
+                f"{r.epoch_s:.0f}",
+                f"{r.model_epoch_s:.0f}",
+                f"{r.data_epoch_s:.1f}",
+                f"{r.val_s:.1f}",
+                f"{share_alone * 100:.1f}%",
+                f"{share_loop * 100:.1f}%",
+                "met" if max(share_alone, share_loop) <= 0.05 else "NOT met",
+            ]
+        )
+    headers = [
+        "preset",
+        "generator",
+        "batch",
+        "workers",
+        "steps / epoch",
+        "step alone s (fixed batch)",
+        "step s (loader-fed)",
+        "fetch ms / batch",
+        "epoch-equivalent s",
+        "model-only epoch s",
+        "DataLoader pass alone s",
+        "val pass s",
+        "data share (alone)",
+        "data share (in loop)",
+        "data <= 5%",
+    ]
     note = (
         f"Epoch-equivalent = steps/epoch x p50 (fetch + step), from {steps} loader-fed steps per preset "
         f"(extrapolated to the {EPOCH_IMAGES}-photo train split; the val pass, which train.py also runs each "
@@ -149,8 +197,13 @@ def report(results: list[PresetResult], steps: int, limit: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="cpu preset only, 2 steps, first 48 photos")
-    p.add_argument("--limit", type=int, default=0, help="load only the first N train/val photos (0: all); "
-                   "the DataLoader pass is then scaled up to the 230-photo split")  # fmt: skip
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="load only the first N train/val photos (0: all); "
+        "the DataLoader pass is then scaled up to the 230-photo split",
+    )
     p.add_argument("--presets", nargs="+", default=["seed", "cpu"], choices=sorted(trainpy.PRESETS))
     p.add_argument("--steps", type=int, default=2, help="timed steps of each kind per preset")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as train.py)")

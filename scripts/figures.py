@@ -1,6 +1,6 @@
 """Render the README's picture: photos of a split with their predicted masks and cutouts.
 
-    python scripts/figures.py weights/ --split test --count 6 --out docs/test_grid.png
+python scripts/figures.py weights/ --split test --count 6 --out docs/test_grid.png
 """
 
 from __future__ import annotations

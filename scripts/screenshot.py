@@ -1,6 +1,6 @@
 """Screenshot the running app with an example photo segmented, for the README (Debian's chromium + playwright).
 
-    python scripts/screenshot.py --photo examples/full_body.jpg --out docs/app.png
+python scripts/screenshot.py --photo examples/full_body.jpg --out docs/app.png
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "app.png"))
     parser.add_argument("--weights", default=str(ROOT / "weights"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as log_dir, serve_app(args.weights, Path(log_dir)) as app, sync_playwright() as p:
+    with (
+        tempfile.TemporaryDirectory() as log_dir,
+        serve_app(args.weights, Path(log_dir)) as app,
+        sync_playwright() as p,
+    ):
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(app.url)

@@ -24,8 +24,10 @@ def _check(image: Image.Image, mask: Image.Image, background: Image.Image | None
         if background.mode != "RGB":
             raise ValueError(f"background must be mode RGB, got {background.mode}")
         if background.size != image.size:
-            raise ValueError(f"background size {background.size} does not match image size {image.size} "
-                             "(resize it first, e.g. PIL.ImageOps.fit(background, image.size))")  # fmt: skip
+            raise ValueError(
+                f"background size {background.size} does not match image size {image.size} "
+                "(resize it first, e.g. PIL.ImageOps.fit(background, image.size))"
+            )
 
 
 def cutout(image: Image.Image, mask: Image.Image) -> Image.Image:

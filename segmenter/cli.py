@@ -97,17 +97,25 @@ def decoded(jobs: list[Job], workers: int) -> Iterator[tuple[Job, Image.Image | 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m segmenter", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m segmenter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders or glob patterns")
     parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where the outputs go")
     parser.add_argument("--output", choices=OUTPUTS, default="cutout", help="what to write (default: %(default)s)")
-    parser.add_argument("--weights", default=os.getenv("SEGMENTER_MODEL", "weights/"),
-                        help="weights folder, .safetensors file or Hub repo id (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--threshold", type=float, default=None, help="person probability threshold (default: the model's)")
+    parser.add_argument(
+        "--weights",
+        default=os.getenv("SEGMENTER_MODEL", "weights/"),
+        help="weights folder, .safetensors file or Hub repo id (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="person probability threshold (default: the model's)"
+    )
     parser.add_argument("--keep-largest", action="store_true", help="keep only the largest person region")
     parser.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the mask")
-    parser.add_argument("--feather", type=float, default=Options.feather_px, help="edge softness in px (default: %(default)s)")
+    parser.add_argument(
+        "--feather", type=float, default=Options.feather_px, help="edge softness in px (default: %(default)s)"
+    )
     parser.add_argument("--background", default=None, help="for composite: 'blur', a colour or an image file")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default: %(default)s)")
@@ -146,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_bytes(encode_png(result.render(args.output, background)))
         tmp.replace(job.target)
     seconds = time.perf_counter() - start
-    print(f"{len(todo) - len(failed)} written to {args.out_dir} ({args.output}), {len(jobs) - len(todo)} skipped "
-          f"(exist), {len(failed)} failed, {no_person} with no person found; {seconds:.1f} s")  # fmt: skip
+    print(
+        f"{len(todo) - len(failed)} written to {args.out_dir} ({args.output}), {len(jobs) - len(todo)} skipped "
+        f"(exist), {len(failed)} failed, {no_person} with no person found; {seconds:.1f} s"
+    )
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     return 1 if failed or missing else 0

@@ -17,8 +17,20 @@ from torchvision.transforms import v2
 
 from .images import IMAGE_SUFFIXES, is_image_file, open_image, to_rgb
 
-__all__ = ["IMAGE_SUFFIXES", "DataSource", "Pair", "SegmentationDataset", "is_image_file", "load_pair", "load_pairs",
-           "open_image", "parse_sources", "paste_person", "to_binary_mask", "to_rgb"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataSource",
+    "Pair",
+    "SegmentationDataset",
+    "is_image_file",
+    "load_pair",
+    "load_pairs",
+    "open_image",
+    "parse_sources",
+    "paste_person",
+    "to_binary_mask",
+    "to_rgb",
+]
 
 DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_DATA_DIR = DATA_ROOT / "Human-Segmentation-Dataset"
@@ -201,8 +213,13 @@ def build_transform(train: bool, size: int = 256, aug: str = "pix2pix") -> v2.Co
         ]
     else:
         raise ValueError(f"unknown augmentation {aug!r}")
-    return v2.Compose([*ops, v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-                       v2.Normalize([0.5] * 3, [0.5] * 3)])  # fmt: skip
+    return v2.Compose(
+        [
+            *ops,
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
 
 
 class SegmentationDataset(Dataset):
@@ -215,8 +232,16 @@ class SegmentationDataset(Dataset):
     shows (a portrait, a street, a frame without people); the masks are merged.
     """
 
-    def __init__(self, pairs: list[Pair], train: bool, size: int = 256, aug: str = "pix2pix",
-                 composite_p: float = 0.0, cache_side: int | None = 400, paste_p: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pairs: list[Pair],
+        train: bool,
+        size: int = 256,
+        aug: str = "pix2pix",
+        composite_p: float = 0.0,
+        cache_side: int | None = 400,
+        paste_p: float = 0.0,
+    ) -> None:
         self.pairs = pairs
         self.train = train
         self.composite_p = composite_p if train else 0.0
@@ -255,8 +280,9 @@ class SegmentationDataset(Dataset):
         return out, torch.maximum(mask, bg_mask)
 
 
-def paste_person(image: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor,
-                 rand: Callable[[], float]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def paste_person(
+    image: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor, rand: Callable[[], float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Copy-paste: the person of ``donor`` (cut out by ``donor_mask``) onto ``image`` -> (image, merged mask).
 
     Images are (3,H,W) uint8, masks (1,H,W) uint8 0/255. The person is scaled to 25-100% of the frame's height and

@@ -31,8 +31,9 @@ WORST = 5
 PUBLISHED_TEST = DEFAULT_DATA_DIR.name  # the only dataset whose test rows are read
 
 
-def evaluate(seg: Segmenter, pairs: list[Pair], options: Options | None = None, progress: bool = True,
-             batch_size: int = 8) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+def evaluate(
+    seg: Segmenter, pairs: list[Pair], options: Options | None = None, progress: bool = True, batch_size: int = 8
+) -> tuple[dict[str, float], list[dict]]:
     """Segment ``pairs`` with ``seg.segment_batch`` and score each mask at the photo's size -> (means, per image).
 
     Means hold the METRICS, ``person_share`` (mean share of pixels called person), ``no_person`` (share of photos
@@ -49,13 +50,23 @@ def evaluate(seg: Segmenter, pairs: list[Pair], options: Options | None = None, 
         seconds += time.perf_counter() - t0
         for pair, (_, truth), result in zip(chunk, loaded, results, strict=True):
             pred = np.asarray(result.mask) > 127
-            rows.append({"image": str(pair.image), **score(pred, np.asarray(truth) > 127),
-                         "person_share": float(pred.mean()), "no_person": float(result.no_person),
-                         "presence": result.presence})  # fmt: skip
+            rows.append(
+                {
+                    "image": str(pair.image),
+                    **score(pred, np.asarray(truth) > 127),
+                    "person_share": float(pred.mean()),
+                    "no_person": float(result.no_person),
+                    "presence": result.presence,
+                }
+            )
         bar.update(len(chunk))
     bar.close()
-    means = {**mean_scores(rows), "person_share": float(np.mean([r["person_share"] for r in rows])),
-             "no_person": float(np.mean([r["no_person"] for r in rows])), "seconds_per_image": seconds / len(pairs)}  # fmt: skip
+    means = {
+        **mean_scores(rows),
+        "person_share": float(np.mean([r["person_share"] for r in rows])),
+        "no_person": float(np.mean([r["no_person"] for r in rows])),
+        "seconds_per_image": seconds / len(pairs),
+    }
     return means, rows
 
 
@@ -77,11 +88,15 @@ def all_splits(root: Path) -> list[tuple[str, str, list[Pair]]]:
 
 def format_table(results: list[tuple[str, str, dict[str, float]]]) -> str:
     """One markdown row per (dataset, split): mIoU, Dice, boundary F, person share, no-person share, seconds."""
-    lines = ["| dataset | split | photos | mIoU | Dice | boundary F | mean person share | reported no person | s/photo |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| dataset | split | photos | mIoU | Dice | boundary F | mean person share | reported no person | s/photo |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, split, m in results:
-        lines.append(f"| {name} | {split} | {m['photos']:.0f} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} "
-                     f"| {m['person_share']:.2%} | {m['no_person']:.0%} | {m['seconds_per_image']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {split} | {m['photos']:.0f} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} "
+            f"| {m['person_share']:.2%} | {m['no_person']:.0%} | {m['seconds_per_image']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -93,8 +108,13 @@ def format_report(means: dict[str, float], rows: list[dict], worst: int = WORST,
     lines.append(f"| reported no person | {means['no_person']:.4f} |")
     lines.append(f"| seconds per image (segmenter only) | {means['seconds_per_image']:.3f} |")
     per_image = ["IoU", *(LABELS[k] for k in METRICS[1:])]
-    lines += ["", f"Worst {min(worst, len(rows))} by IoU:", "",
-              "| image | " + " | ".join(per_image) + " |", "| --- |" + " --- |" * len(METRICS)]  # fmt: skip
+    lines += [
+        "",
+        f"Worst {min(worst, len(rows))} by IoU:",
+        "",
+        "| image | " + " | ".join(per_image) + " |",
+        "| --- |" + " --- |" * len(METRICS),
+    ]
     for row in sorted(rows, key=lambda r: r["iou"])[:worst]:
         lines.append(f"| {_shown(row['image'], root)} | " + " | ".join(f"{row[k]:.4f}" for k in METRICS) + " |")
     return "\n".join(lines)
@@ -111,23 +131,31 @@ def _shown(image: str, root: Path | None) -> str:
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", *METRICS, "person_share", "no_person", "presence"],
-                                extrasaction="ignore")  # fmt: skip
+        writer = csv.DictWriter(
+            f, fieldnames=["image", *METRICS, "person_share", "no_person", "presence"], extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m segmenter.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("weights", help="weights folder (config.json + model.safetensors), .safetensors file or Hub repo id")
+    parser = argparse.ArgumentParser(
+        prog="python -m segmenter.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "weights", help="weights folder (config.json + model.safetensors), .safetensors file or Hub repo id"
+    )
     parser.add_argument("--all", action="store_true", help="every split of every dataset under --data-root: one table")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="datasets for --all (default: %(default)s)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA_DIR),
-                        help="dataset folder (with split.csv) or images,masks[,split] CSV (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA_DIR),
+        help="dataset folder (with split.csv) or images,masks[,split] CSV (default: %(default)s)",
+    )
     parser.add_argument("--split", default="test", help="split to evaluate, or 'all' (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="probability threshold (default: the one in the weights' config)")  # fmt: skip
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold (default: the one in the weights' config)"
+    )
     parser.add_argument("--upsample", choices=["guided", "bilinear"], default="guided", help="default: %(default)s")
     parser.add_argument("--csv", type=Path, default=None, help="also write per-image scores to this CSV file")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -149,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             if not jobs:
                 raise ValueError(f"{args.data_root}: no dataset folders with a split.csv")
         else:
-            jobs = [(Path(args.data).name, args.split, load_pairs(args.data, None if args.split == "all" else args.split))]
+            jobs = [
+                (Path(args.data).name, args.split, load_pairs(args.data, None if args.split == "all" else args.split))
+            ]
             if not jobs[0][2]:
                 raise ValueError(f"{args.data}: no images to evaluate")
         seg = Segmenter.from_pretrained(args.weights, device=args.device)
@@ -159,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(threshold=args.threshold, upsample=args.upsample)
     info = seg.info()
     sha = info.get("sha256", "")
-    print(f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
-          f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, presence head "
-          f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}, "
-          f"{seg.device}, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"threshold {seg.threshold if args.threshold is None else args.threshold:g}, {args.upsample} upsampling; "
-          "the Space's default pipeline; mean per photo at its original size\n")  # fmt: skip
+    print(
+        f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
+        f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, presence head "
+        f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}, "
+        f"{seg.device}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"threshold {seg.threshold if args.threshold is None else args.threshold:g}, {args.upsample} upsampling; "
+        "the Space's default pipeline; mean per photo at its original size\n"
+    )
     results, all_rows = [], []
     for name, split, pairs in jobs:
         means, rows = evaluate(seg, pairs, options, progress=not args.no_progress, batch_size=args.batch_size)

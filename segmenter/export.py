@@ -35,8 +35,10 @@ def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half
     """Write ``model.safetensors`` (+ ``config.json`` recording its sha256) into ``folder``; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}  # fmt: skip
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     weights = folder / WEIGHTS_NAME
     tmp = weights.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -85,10 +87,16 @@ def tune_presence(seg: Segmenter, person_pairs: list[Pair], empty_pairs: list[Pa
     threshold = (lowest_pos + highest_neg) / 2 if highest_neg < lowest_pos else 0.9 * lowest_pos
     seg.cfg.presence_threshold = round(float(threshold), 4)
     flagged = sum(p < seg.cfg.presence_threshold for p in neg)
-    print(f"presence threshold {seg.cfg.presence_threshold:.4f}: lowest score with a person {lowest_pos:.4f}, "
-          f"highest without {highest_neg:.4f}; {flagged}/{len(neg)} val photos without people flagged")  # fmt: skip
-    return {"threshold": seg.cfg.presence_threshold, "lowest_with_person": round(lowest_pos, 4),
-            "highest_without_person": round(highest_neg, 4), "val_photos": len(pos) + len(neg)}  # fmt: skip
+    print(
+        f"presence threshold {seg.cfg.presence_threshold:.4f}: lowest score with a person {lowest_pos:.4f}, "
+        f"highest without {highest_neg:.4f}; {flagged}/{len(neg)} val photos without people flagged"
+    )
+    return {
+        "threshold": seg.cfg.presence_threshold,
+        "lowest_with_person": round(lowest_pos, 4),
+        "highest_without_person": round(highest_neg, 4),
+        "val_photos": len(pos) + len(neg),
+    }
 
 
 def push_to_hub(folder: Path, repo_id: str) -> str:
@@ -97,8 +105,13 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", allow_patterns=list(EXPORT_FILES),
-                             commit_message="Upload person-segmentation generator")  # fmt: skip
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        allow_patterns=list(EXPORT_FILES),
+        commit_message="Upload person-segmentation generator",
+    )
     return str(getattr(info, "commit_url", info))
 
 
@@ -143,11 +156,11 @@ Not for surveillance, identification or any decision about a person.
 """
 DATASET_NOTES = {
     "Human-Segmentation-Dataset": "portraits and snapshots (290; 230 train / 30 val / 30 test); its masks were made by "
-                                  "a background-removal service and it ships no licence file",
+    "a background-removal service and it ships no licence file",
     "PennFudanPed": "street photos, often several pedestrians (170; 120 train / 50 val); the authors ask that it "
-                    "not be reposted",
+    "not be reposted",
     "Negatives": "DAVIS-2016 frames without people (123; 105 train / 18 val), all-background masks",
-}  # fmt: skip
+}
 
 
 def _inference_note(mcfg: ModelConfig) -> str:
@@ -163,40 +176,67 @@ def _data_section(meta: dict[str, Any]) -> str:
     from .data import DataSource
 
     sources = [DataSource(**s) for s in meta["data"].get("sources") or []]
-    lines = [f"- `{s.name}` split `{s.split}`, sampling weight {s.weight:g}: "
-             f"{DATASET_NOTES.get(s.name, 'photos with person masks')}" for s in sources]  # fmt: skip
+    lines = [
+        f"- `{s.name}` split `{s.split}`, sampling weight {s.weight:g}: "
+        f"{DATASET_NOTES.get(s.name, 'photos with person masks')}"
+        for s in sources
+    ]
     vals = ", ".join(f"`{DataSource(**s).name}/{s['split']}`" for s in meta["data"].get("val_sources") or [])
-    return "\n".join(lines) + (f"\n\nValidation (choosing the epoch, the inference size and the presence threshold): "
-                               f"{vals}." if vals else "")  # fmt: skip
+    return "\n".join(lines) + (
+        f"\n\nValidation (choosing the epoch, the inference size and the presence threshold): {vals}." if vals else ""
+    )
 
 
 def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) -> None:
     """README.md: the model card, from the export's config (metrics, sha256, provenance) and the run's config."""
     meta, cfg = mcfg.meta, train_config
-    rows = [f"| {name} | {m['images']} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} | "
-            f"{m.get('person_share', float('nan')):.2%} | {m.get('no_person', float('nan')):.0%} |"
-            for name, m in meta.get("metrics", {}).items()]  # fmt: skip
-    objective = (f"70x70 PatchGAN discriminator (ndf {cfg['ndf']}), GAN weight {cfg['gan_weight']} + L1 x {cfg['l1_lambda']}"
-                 if cfg["gan_weight"] > 0 else f"L1 loss x {cfg['l1_lambda']} (no discriminator)")  # fmt: skip
+    rows = [
+        f"| {name} | {m['images']} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} | "
+        f"{m.get('person_share', float('nan')):.2%} | {m.get('no_person', float('nan')):.0%} |"
+        for name, m in meta.get("metrics", {}).items()
+    ]
+    objective = (
+        f"70x70 PatchGAN discriminator (ndf {cfg['ndf']}), GAN weight {cfg['gan_weight']} + L1 x {cfg['l1_lambda']}"
+        if cfg["gan_weight"] > 0
+        else f"L1 loss x {cfg['l1_lambda']} (no discriminator)"
+    )
     if cfg.get("dice_weight"):
         objective += f" + soft Dice x {cfg['dice_weight']}"
     if cfg.get("presence_weight"):
         objective += f" + presence-head BCE x {cfg['presence_weight']}"
     tuning = meta.get("presence_tuning") or {}
-    chosen = (f" (chosen on {tuning['val_photos']} val photos: lowest score of a photo with a person "
-              f"{tuning['lowest_with_person']:.3f}, highest without {tuning['highest_without_person']:.3f})"
-              if "val_photos" in tuning else "")  # fmt: skip
-    presence_note = (f"A presence head scores whether the photo shows a person at all; below "
-                     f"{mcfg.presence_threshold:g}{chosen} the mask is empty and the Space says \"No person found\"."
-                     if mcfg.presence_head else "")  # fmt: skip
-    text = MODEL_CARD.format(**cfg | {
-        "input_size": mcfg.input_size, "inference_note": _inference_note(mcfg), "threshold": mcfg.threshold,
-        "rows": "\n".join(rows) or "| (none) | 0 | | | | | |", "dtype": meta["dtype"], "sha256": meta["sha256"],
-        "command": meta["commands"][0], "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]),
-        "best_epoch": meta["best_epoch"], "objective": objective, "train_images": meta["data"]["train_images"],
-        "data_section": _data_section(meta), "presence_note": presence_note, "paste_p": cfg.get("paste_p", 0.0),
-        "init_note": f", starting from the generator in `{cfg['init_from']}`" if cfg.get("init_from") else "",
-    })  # fmt: skip
+    chosen = (
+        f" (chosen on {tuning['val_photos']} val photos: lowest score of a photo with a person "
+        f"{tuning['lowest_with_person']:.3f}, highest without {tuning['highest_without_person']:.3f})"
+        if "val_photos" in tuning
+        else ""
+    )
+    presence_note = (
+        f"A presence head scores whether the photo shows a person at all; below "
+        f'{mcfg.presence_threshold:g}{chosen} the mask is empty and the Space says "No person found".'
+        if mcfg.presence_head
+        else ""
+    )
+    text = MODEL_CARD.format(
+        **cfg
+        | {
+            "input_size": mcfg.input_size,
+            "inference_note": _inference_note(mcfg),
+            "threshold": mcfg.threshold,
+            "rows": "\n".join(rows) or "| (none) | 0 | | | | | |",
+            "dtype": meta["dtype"],
+            "sha256": meta["sha256"],
+            "command": meta["commands"][0],
+            "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]),
+            "best_epoch": meta["best_epoch"],
+            "objective": objective,
+            "train_images": meta["data"]["train_images"],
+            "data_section": _data_section(meta),
+            "presence_note": presence_note,
+            "paste_p": cfg.get("paste_p", 0.0),
+            "init_note": f", starting from the generator in `{cfg['init_from']}`" if cfg.get("init_from") else "",
+        }
+    )
     (folder / CARD_NAME).write_text(text)
 
 
@@ -220,8 +260,15 @@ def copy_export(src: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_run(G: nn.Module, mcfg: ModelConfig, out: Path, val_sets: list[tuple[str, list[Pair]]],
-               test_sets: list[tuple[str, list[Pair]]], tune: bool, half: bool) -> ModelConfig:  # fmt: skip
+def export_run(
+    G: nn.Module,
+    mcfg: ModelConfig,
+    out: Path,
+    val_sets: list[tuple[str, list[Pair]]],
+    test_sets: list[tuple[str, list[Pair]]],
+    tune: bool,
+    half: bool,
+) -> ModelConfig:
     """Write ``G`` to ``out``; with ``tune`` choose the inference size, flip and presence threshold on ``val_sets``;
     record every val and test set's metrics (through the served pipeline) in config.json. Returns the saved config.
 
@@ -236,8 +283,9 @@ def export_run(G: nn.Module, mcfg: ModelConfig, out: Path, val_sets: list[tuple[
     empty_sets = [(n, p) for n, p in val_sets if all_empty(p)]
     if tune and person_sets:  # size and flip first: the presence scores depend on them
         seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p])
-        seg.cfg.meta["presence_tuning"] = tune_presence(seg, [x for _, p in person_sets for x in p],
-                                                        [x for _, p in empty_sets for x in p])  # fmt: skip
+        seg.cfg.meta["presence_tuning"] = tune_presence(
+            seg, [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
+        )
     metrics = {}
     for name, pairs in [*val_sets, *test_sets]:
         means, _ = evaluate(seg, pairs, progress=False)

@@ -75,7 +75,9 @@ def as_pil(image: ImageLike) -> Image.Image:
         try:
             return to_rgb(image)
         except (OSError, SyntaxError) as e:  # a lazily opened file that fails to decode: truncated, corrupt
-            raise ValueError(f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} ({e})") from e
+            raise ValueError(
+                f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} ({e})"
+            ) from e
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):

@@ -66,8 +66,9 @@ class Segmenter:
         return self.cfg.threshold
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, device: str | torch.device | None = None,
-                        revision: str | None = None) -> Segmenter:  # fmt: skip
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, device: str | torch.device | None = None, revision: str | None = None
+    ) -> Segmenter:
         """Load from a folder with config.json + model.safetensors, a .safetensors file, or a Hub repo id.
 
         When config.json records a sha256, the weights file must match it.
@@ -76,8 +77,10 @@ class Segmenter:
         cfg = ModelConfig.load(config) if config is not None else ModelConfig()
         expected = cfg.meta.get("sha256")
         if expected and sha256_file(weights) != expected:
-            raise ValueError(f"{weights}: sha256 does not match the one recorded in {config}; "
-                             "the file is corrupt, truncated or was replaced")  # fmt: skip
+            raise ValueError(
+                f"{weights}: sha256 does not match the one recorded in {config}; "
+                "the file is corrupt, truncated or was replaced"
+            )
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as e:
@@ -131,12 +134,21 @@ class Segmenter:
         if not pils:
             return []
         low, presence = self.predict_low_res(pils)
-        return [finish(pil, upsample(p, pil, options.upsample), None if presence is None else float(presence[i]),
-                       options, self.threshold, self.cfg.presence_threshold)
-                for i, (pil, p) in enumerate(zip(pils, low, strict=True))]  # fmt: skip
+        return [
+            finish(
+                pil,
+                upsample(p, pil, options.upsample),
+                None if presence is None else float(presence[i]),
+                options,
+                self.threshold,
+                self.cfg.presence_threshold,
+            )
+            for i, (pil, p) in enumerate(zip(pils, low, strict=True))
+        ]
 
-    def segment_many(self, images: Iterable[ImageLike], options: Options | None = None,
-                     batch_size: int = 8) -> Iterator[Segmentation]:  # fmt: skip
+    def segment_many(
+        self, images: Iterable[ImageLike], options: Options | None = None, batch_size: int = 8
+    ) -> Iterator[Segmentation]:
         """Lazily segment an iterable of photos, ``batch_size`` per model call."""
         chunk: list[ImageLike] = []
         for image in images:
@@ -158,11 +170,22 @@ class Segmenter:
         """One photo -> binary mask (PIL "L", 0/255) at its size: exactly the Space's default mask."""
         return self.segment(image, Options(threshold=threshold)).mask
 
-    def get_masks(self, images: Sequence[ImageLike], batch_size: int = 8, threshold: float | None = None) -> list[Image.Image]:
+    def get_masks(
+        self, images: Sequence[ImageLike], batch_size: int = 8, threshold: float | None = None
+    ) -> list[Image.Image]:
         return [s.mask for s in self.segment_many(images, Options(threshold=threshold), batch_size)]
 
     def info(self) -> dict:
         """Provenance for display: arch, input size, presence head, sha256, metrics recorded at export."""
-        return json.loads(json.dumps({"arch": self.cfg.arch, "input_size": self.cfg.input_size,
-                                      "tta_flip": self.cfg.tta_flip, "presence_head": self.model.presence is not None,
-                                      "device": str(self.device), **self.cfg.meta}))  # fmt: skip
+        return json.loads(
+            json.dumps(
+                {
+                    "arch": self.cfg.arch,
+                    "input_size": self.cfg.input_size,
+                    "tta_flip": self.cfg.tta_flip,
+                    "presence_head": self.model.presence is not None,
+                    "device": str(self.device),
+                    **self.cfg.meta,
+                }
+            )
+        )

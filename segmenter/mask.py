@@ -50,6 +50,8 @@ def addMask(image_tensor: torch.Tensor, mask_tensor: torch.Tensor) -> torch.Tens
     try:
         torch.broadcast_shapes(image_tensor.shape, mask_tensor.shape)
     except RuntimeError as e:
-        raise ValueError(f"addMask: image of shape {tuple(image_tensor.shape)} and mask of shape "
-                         f"{tuple(mask_tensor.shape)} cannot be multiplied element-wise") from e  # fmt: skip
+        raise ValueError(
+            f"addMask: image of shape {tuple(image_tensor.shape)} and mask of shape "
+            f"{tuple(mask_tensor.shape)} cannot be multiplied element-wise"
+        ) from e
     return image_tensor * mask_tensor

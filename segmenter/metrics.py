@@ -59,8 +59,12 @@ def boundary_f(pred: np.ndarray, target: np.ndarray, tolerance: float | None = N
 
 def score(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """All metrics for one image."""
-    return {"iou": iou(pred, target), "dice": dice(pred, target), "accuracy": accuracy(pred, target),
-            "boundary_f": boundary_f(pred, target)}  # fmt: skip
+    return {
+        "iou": iou(pred, target),
+        "dice": dice(pred, target),
+        "accuracy": accuracy(pred, target),
+        "boundary_f": boundary_f(pred, target),
+    }
 
 
 def mean_scores(per_image: Iterable[dict[str, float]]) -> dict[str, float]:

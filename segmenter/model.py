@@ -78,7 +78,9 @@ class UnetGenerator(nn.Module):
         block = UnetSkipBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
         block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
         block = UnetSkipBlock(ngf, ngf * 2, submodule=block, norm=norm)
-        self.model = UnetSkipBlock(cfg.out_channels, ngf, input_nc=cfg.in_channels, submodule=block, outermost=True, norm=norm)
+        self.model = UnetSkipBlock(
+            cfg.out_channels, ngf, input_nc=cfg.in_channels, submodule=block, outermost=True, norm=norm
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -110,8 +112,15 @@ class PatchDiscriminator(nn.Module):
 
 # ---------------------------------------------------------------- EfficientNet-Lite0 encoder
 # Block arguments of EfficientNet-Lite0: (repeats, kernel, stride, expand ratio, in, out).
-LITE0_STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]  # fmt: skip
+LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
 
 

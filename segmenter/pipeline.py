@@ -149,8 +149,9 @@ class Segmentation:
         if background.mode == "image":
             if background.image is None:
                 raise ValueError("background mode 'image' needs a background image")
-            return blend.replace_background(self.image, self.alpha, ImageOps.fit(background.image.convert("RGB"),
-                                                                                 self.image.size))  # fmt: skip
+            return blend.replace_background(
+                self.image, self.alpha, ImageOps.fit(background.image.convert("RGB"), self.image.size)
+            )
         return self.cutout()
 
     def render(self, output: str, background: Background | None = None) -> Image.Image:
@@ -167,9 +168,14 @@ class Segmentation:
 
     def with_options(self, options: Options, default_threshold: float | None = None) -> Segmentation:
         """The same prediction finished with other options (no model run); ``upsample`` cannot change here."""
-        return finish(self.image, self.probability, self.presence, options,
-                      self.threshold if default_threshold is None else default_threshold,
-                      self.presence_threshold)  # fmt: skip
+        return finish(
+            self.image,
+            self.probability,
+            self.presence,
+            options,
+            self.threshold if default_threshold is None else default_threshold,
+            self.presence_threshold,
+        )
 
 
 def upsample(low: np.ndarray, image: Image.Image, how: Upsample) -> np.ndarray:
@@ -181,8 +187,14 @@ def upsample(low: np.ndarray, image: Image.Image, how: Upsample) -> np.ndarray:
     return to_uint8(up.numpy())
 
 
-def finish(image: Image.Image, probability: np.ndarray, presence: float | None, options: Options,
-           default_threshold: float, presence_threshold: float) -> Segmentation:  # fmt: skip
+def finish(
+    image: Image.Image,
+    probability: np.ndarray,
+    presence: float | None,
+    options: Options,
+    default_threshold: float,
+    presence_threshold: float,
+) -> Segmentation:
     """A full-size uint8 probability map -> Segmentation: threshold, presence gate, clean-up, feathered alpha."""
     threshold = default_threshold if options.threshold is None else options.threshold
     gated = options.presence_gate and presence is not None and presence < presence_threshold
@@ -192,10 +204,16 @@ def finish(image: Image.Image, probability: np.ndarray, presence: float | None, 
     if options.fill_holes:
         mask = refine.fill_holes(mask)
     alpha = refine.feather(mask, options.feather_px) if options.feather_px > 0 else mask
-    return Segmentation(image=image, probability=probability, presence=presence,
-                        presence_threshold=presence_threshold if options.presence_gate else 0.0, options=options,
-                        threshold=threshold, mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
-                        alpha=Image.fromarray(to_uint8(alpha) if alpha.dtype != bool else alpha.view(np.uint8) * 255, "L"))  # fmt: skip
+    return Segmentation(
+        image=image,
+        probability=probability,
+        presence=presence,
+        presence_threshold=presence_threshold if options.presence_gate else 0.0,
+        options=options,
+        threshold=threshold,
+        mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
+        alpha=Image.fromarray(to_uint8(alpha) if alpha.dtype != bool else alpha.view(np.uint8) * 255, "L"),
+    )
 
 
 def with_defaults(options: Options | None, **overrides: object) -> Options:

@@ -31,11 +31,15 @@ def _solve_sym3(s: dict[tuple[int, int], np.ndarray], rhs: np.ndarray) -> np.nda
     i11, i12, i22 = a * f - c * c, b * c - a * e, a * d - b * b
     det = a * i00 + b * i01 + c * i02
     x, y, z = rhs[..., 0], rhs[..., 1], rhs[..., 2]
-    return np.stack([i00 * x + i01 * y + i02 * z, i01 * x + i11 * y + i12 * z, i02 * x + i12 * y + i22 * z], -1) / det[..., None]
+    return (
+        np.stack([i00 * x + i01 * y + i02 * z, i01 * x + i11 * y + i12 * z, i02 * x + i12 * y + i22 * z], -1)
+        / det[..., None]
+    )
 
 
-def guided_upsample(prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4, eps: float = 1e-4,
-                    max_side: int = 512) -> np.ndarray:  # fmt: skip
+def guided_upsample(
+    prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4, eps: float = 1e-4, max_side: int = 512
+) -> np.ndarray:
     """Low-resolution probabilities -> HxW float32 in [0, 1] at the guide photo's size, with edges snapped to it.
 
     A colour guided filter (He, Sun & Tang) with the fast-guided-filter trick (He & Sun 2015): the linear
@@ -69,8 +73,11 @@ def guided_upsample(prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4
     mean_i = [box(img[..., c]) for c in range(3)]
     mean_p = box(p)
     cov_ip = np.stack([box(img[..., c] * p) - mean_i[c] * mean_p for c in range(3)], axis=-1)  # (h, w, 3)
-    var = {(c, d): box(img[..., c] * img[..., d]) - mean_i[c] * mean_i[d] + (eps if c == d else 0.0)
-           for c in range(3) for d in range(c, 3)}  # fmt: skip
+    var = {
+        (c, d): box(img[..., c] * img[..., d]) - mean_i[c] * mean_i[d] + (eps if c == d else 0.0)
+        for c in range(3)
+        for d in range(c, 3)
+    }
     a = _solve_sym3(var, cov_ip)  # (h, w, 3)
     b = mean_p - (a * np.stack(mean_i, axis=-1)).sum(axis=-1)
 

@@ -46,8 +46,14 @@ def app_url(tiny_weights: Path) -> Iterator[str]:
 
     import app
 
-    server = uvicorn.Server(uvicorn.Config(app.create_app(tiny_weights), log_level="warning", lifespan="on",
-                                            timeout_graceful_shutdown=app.SHUTDOWN_SECONDS))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app.create_app(tiny_weights),
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=app.SHUTDOWN_SECONDS,
+        )
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # bound here and handed over: no race for the port

@@ -139,7 +139,9 @@ def brightness_weights(folder: Path) -> Path:
         up.weight[0, 0] = 8.0
         up.bias.fill_(-1.0)
 
-    return export_tiny(folder, ModelConfig(arch="pix2pix_unet", ngf=8, meta={"run_id": "brightness-stand-in"}), read_brightness)
+    return export_tiny(
+        folder, ModelConfig(arch="pix2pix_unet", ngf=8, meta={"run_id": "brightness-stand-in"}), read_brightness
+    )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

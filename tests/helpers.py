@@ -145,8 +145,9 @@ def odd_modes() -> dict[str, tuple[Image.Image, np.ndarray]]:
     }
 
 
-def make_presence_weights(folder: Path, mask_bias: float = 5.0, presence_bias: float = 0.0,
-                          presence_threshold: float = 0.5) -> Path:  # fmt: skip
+def make_presence_weights(
+    folder: Path, mask_bias: float = 5.0, presence_bias: float = 0.0, presence_threshold: float = 0.5
+) -> Path:
     """Export an untrained effnet_unet with a presence head; the mask is tanh(``mask_bias``) everywhere and the
     presence score sigmoid(``presence_bias``) for every photo (last layers zeroed, biases set)."""
 

@@ -32,15 +32,23 @@ def free_port() -> int:
 
 def app_env(weights: Path | str, **overrides: str) -> dict[str, str]:
     """The environment for ``python app.py``: offline, localhost only, no live-webcam probe, plus ``overrides``."""
-    env = {**os.environ, "SEGMENTER_MODEL": str(weights), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "LIVE_WEBCAM": "off", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SEGMENTER_MODEL": str(weights),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "LIVE_WEBCAM": "off",
+        "PYTHONUNBUFFERED": "1",
+    }
     return {**env, **overrides}
 
 
 def run_app(env: dict[str, str], timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``python app.py`` to its end (for start-up failures); stdout and stderr as text."""
-    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def post_photo(url: str, data: bytes, name: str = "photo.png", **params: str) -> httpx.Response:

@@ -216,7 +216,9 @@ def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, ti
     assert share(mask_half) == pytest.approx(0.5, abs=0.03) and share(mask_most) == pytest.approx(0.9, abs=0.03)
     assert Image.open(cutout_path).mode == "RGBA"
     assert "Person found" in text and "person share" in text
-    coloured = app.rerender(seg, str(tmp_path), photo, (prob, None), *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None)
+    coloured = app.rerender(
+        seg, str(tmp_path), photo, (prob, None), *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None
+    )
     composite = Image.open(coloured[4].value["path"])  # the DownloadButton's file
     assert np.asarray(composite)[24, 2].tolist() == pytest.approx([0, 255, 0], abs=8)
     # A presence score under the model's threshold: no person, an empty mask, and the status line says so.
@@ -236,8 +238,13 @@ def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights
     rows = app.run_batch(seg.segment, [*photos, tmp_path / "bad.png"], Options(0.5), tmp_path / "out.zip", app.LIMITS)
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         names = set(zf.namelist())
-        assert names == {"masks/001_p0.png", "cutouts/001_p0.png", "masks/002_p1.png", "cutouts/002_p1.png",
-                         "figures.csv"}  # fmt: skip
+        assert names == {
+            "masks/001_p0.png",
+            "cutouts/001_p0.png",
+            "masks/002_p1.png",
+            "cutouts/002_p1.png",
+            "figures.csv",
+        }
         mask = Image.open(io.BytesIO(zf.read("masks/002_p1.png")))
         assert Image.open(io.BytesIO(zf.read("cutouts/002_p1.png"))).size == (33, 71)
         table = list(csv.DictReader(io.StringIO(zf.read("figures.csv").decode())))

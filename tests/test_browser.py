@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
 
 pytestmark = [
     pytest.mark.browser,
@@ -50,8 +56,9 @@ def shown_image(page, elem_id: str, timeout: float = 60_000) -> str:
     selector = f"#{elem_id} img"
     page.wait_for_function(
         "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector, timeout=timeout,
-    )  # fmt: skip
+        arg=selector,
+        timeout=timeout,
+    )
     return page.locator(selector).first.get_attribute("src")
 
 
@@ -71,8 +78,9 @@ def test_upload_an_example_and_see_mask_and_cutout(page, tmp_path: Path):
 def test_webcam_snapshot_is_segmented(page, tmp_path: Path):
     page.get_by_role("button", name="Capture from camera").click()
     page.get_by_text("Click to Access Webcam").click()
-    page.wait_for_function("() => { const v = document.querySelector('#photo video'); return v && v.readyState >= 2; }",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#photo video'); return v && v.readyState >= 2; }", timeout=30_000
+    )
     page.get_by_role("button", name="capture photo").click()  # the fake camera's frame becomes the input
     assert shown_image(page, "mask")
     assert shown_image(page, "cutout")

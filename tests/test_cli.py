@@ -27,15 +27,18 @@ def photos(tmp_path: Path) -> Path:
     return root
 
 
-def test_folder_to_masks_keeps_structure_and_reports_failures(photos: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_folder_to_masks_keeps_structure_and_reports_failures(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = make_tiny_weights(tmp_path / "w")
     out = tmp_path / "out"
     assert main([str(photos), "-o", str(out), "--output", "mask", "--weights", str(weights), "--threshold", "0.4"]) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "a.jpg" not in err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
-    expected = Segmenter.from_pretrained(weights, device="cpu").segment(Image.open(photos / "sub" / "b.png"), Options(0.4))
+    expected = Segmenter.from_pretrained(weights, device="cpu").segment(
+        Image.open(photos / "sub" / "b.png"), Options(0.4)
+    )
     assert np.array_equal(np.asarray(Image.open(out / "sub" / "b.png")), np.asarray(expected.mask))
     (out / "a.png").write_bytes(b"keep me")
     main([str(photos / "a.jpg"), "-o", str(out), "--weights", str(weights)])
@@ -47,13 +50,35 @@ def test_folder_to_masks_keeps_structure_and_reports_failures(photos: Path, tmp_
 def test_glob_and_composite_from_the_command_line(photos: Path, tmp_path: Path) -> None:
     weights = make_tiny_weights(tmp_path / "w", constant=5.0)  # everything is person
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "segmenter", str(photos / "**" / "*.png"), "-o", str(out),
-                           "--output", "composite", "--background", "#ff0000", "--weights", str(weights)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segmenter",
+            str(photos / "**" / "*.png"),
+            "-o",
+            str(out),
+            "--output",
+            "composite",
+            "--background",
+            "#ff0000",
+            "--weights",
+            str(weights),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 written" in proc.stdout
     result = Image.open(out / "b.png")
     assert result.mode == "RGB" and result.size == (30, 50)
-    missing = subprocess.run([sys.executable, "-m", "segmenter", str(tmp_path / "nothing*.jpg"), "-o", str(out)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-m", "segmenter", str(tmp_path / "nothing*.jpg"), "-o", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 1 and "no photos found" in missing.stderr

@@ -64,7 +64,9 @@ def test_cli_matches_metrics_evaluate(dataset: Path, tmp_path: Path, capsys: pyt
     weights = make_tiny_weights(tmp_path / "w", seed=3)
     assert main([str(weights), "--data", str(dataset), "--split", "all", "--threshold", "0.5", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    means, _ = evaluate(Segmenter.from_pretrained(weights, "cpu"), load_pairs(dataset), Options(threshold=0.5), progress=False)
+    means, _ = evaluate(
+        Segmenter.from_pretrained(weights, "cpu"), load_pairs(dataset), Options(threshold=0.5), progress=False
+    )
     assert f"{len(SPLITS)} images" in out
     for label, key in [("mIoU", "iou"), ("Dice", "dice"), ("accuracy", "accuracy"), ("boundary-F", "boundary_f")]:
         assert table_value(out, label) == pytest.approx(means[key], abs=1e-4)
@@ -81,7 +83,12 @@ def test_cli_errors(dataset: Path, all_on: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_runs_as_a_module(dataset: Path, all_on: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "segmenter.evaluate", str(all_on), "--data", str(dataset), "--no-progress"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "segmenter.evaluate", str(all_on), "--data", str(dataset), "--no-progress"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "| mIoU |" in out.stdout and "Worst 5 by IoU" in out.stdout

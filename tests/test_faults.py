@@ -20,8 +20,11 @@ import app
 from segmenter.inference import WEIGHTS_NAME, Segmenter
 
 FAULTS = ["missing", "truncated", "tampered"]
-REASONS = {"missing": r"does not exist|not found|no model\.safetensors", "truncated": "sha256 does not match",
-           "tampered": "sha256 does not match"}  # fmt: skip
+REASONS = {
+    "missing": r"does not exist|not found|no model\.safetensors",
+    "truncated": "sha256 does not match",
+    "tampered": "sha256 does not match",
+}
 SECRET = "hf_fAuLtSeCrEt0123456789abcdefghijklmn"
 
 

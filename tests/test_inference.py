@@ -112,8 +112,12 @@ def test_hub_repo_id_loads_offline_from_the_cache(tiny: Path, tmp_path: Path) ->
         "seg = Segmenter.from_pretrained('owner/name', device='cpu')\n"
         "print(json.dumps({'sha256': seg.info()['sha256'], 'sum': float(seg.predict_proba(noise_photo(50, 70)).sum())}))"
     )
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+    }
     env.pop("HF_TOKEN", None)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120

@@ -73,8 +73,10 @@ def http_requester(url: str, path: Path, closing: contextlib.ExitStack) -> Calla
 
 def test_concurrent_clients_get_right_answers_and_memory_stays_flat(tiny_weights: Path, tmp_path: Path) -> None:
     with serve_app(tiny_weights, tmp_path) as server, contextlib.ExitStack() as closing:
-        requesters = [(gradio_requester if i % 2 else http_requester)(server.url, photo(tmp_path, i), closing)
-                      for i in range(CLIENTS)]  # fmt: skip
+        requesters = [
+            (gradio_requester if i % 2 else http_requester)(server.url, photo(tmp_path, i), closing)
+            for i in range(CLIENTS)
+        ]
         warmed = threading.Barrier(CLIENTS + 1)
         stop = threading.Event()
         samples: list[int] = []
@@ -113,6 +115,8 @@ def test_concurrent_clients_get_right_answers_and_memory_stays_flat(tiny_weights
         assert server.alive()
         samples.append(server.rss())
     peak = max(samples)
-    print(f"{CLIENTS * REQUESTS} requests in {seconds:.0f} s; RSS {baseline / 2**20:.0f} MiB after warm-up, "
-          f"peak {peak / 2**20:.0f} MiB, end {samples[-1] / 2**20:.0f} MiB")  # fmt: skip
+    print(
+        f"{CLIENTS * REQUESTS} requests in {seconds:.0f} s; RSS {baseline / 2**20:.0f} MiB after warm-up, "
+        f"peak {peak / 2**20:.0f} MiB, end {samples[-1] / 2**20:.0f} MiB"
+    )
     assert peak <= baseline * (1 + RSS_GROWTH), f"RSS grew from {baseline / 2**20:.0f} to {peak / 2**20:.0f} MiB"

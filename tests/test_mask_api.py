@@ -69,7 +69,8 @@ def test_changing_model_path_between_calls_takes_effect(all_on: Path, all_off: P
     mask.modelPath = b
     from_b = mask.getMask(photo)
     assert not np.array_equal(
-        Segmenter.from_pretrained(a).predict_low_res([photo])[0], Segmenter.from_pretrained(b).predict_low_res([photo])[0]
+        Segmenter.from_pretrained(a).predict_low_res([photo])[0],
+        Segmenter.from_pretrained(b).predict_low_res([photo])[0],
     )
     assert torch.equal(
         from_a, torch.from_numpy(np.asarray(Segmenter.from_pretrained(a, "cpu").get_mask(photo)) > 0).float()[None]

@@ -67,8 +67,10 @@ def test_shape_mismatch_and_empty_average_are_refused() -> None:
         iou(np.zeros((2, 3)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="no images"):
         mean_scores([])
-    rows = [{"iou": 1.0, "dice": 1.0, "accuracy": 1.0, "boundary_f": 1.0},
-            {"iou": 0.0, "dice": 0.5, "accuracy": 0.5, "boundary_f": 0.0}]  # fmt: skip
+    rows = [
+        {"iou": 1.0, "dice": 1.0, "accuracy": 1.0, "boundary_f": 1.0},
+        {"iou": 0.0, "dice": 0.5, "accuracy": 0.5, "boundary_f": 0.0},
+    ]
     assert mean_scores(rows) == {"iou": 0.5, "dice": 0.75, "accuracy": 0.75, "boundary_f": 0.5}
 
 

@@ -8,13 +8,7 @@ import torch
 from PIL import Image
 
 from segmenter.config import ModelConfig
-from segmenter.model import (
-    EfficientNetLite0,
-    UnetGenerator,
-    build_discriminator,
-    build_generator,
-    load_lite0_imagenet,
-)
+from segmenter.model import EfficientNetLite0, UnetGenerator, build_discriminator, build_generator, load_lite0_imagenet
 
 
 def n_params(net: torch.nn.Module) -> int:

@@ -25,8 +25,16 @@ def test_one_threshold_rule_for_uint8_and_float_maps(threshold: float) -> None:
     assert torch.equal(binarize(torch.from_numpy(levels), threshold), torch.from_numpy(binarize(levels, threshold)))
 
 
-@pytest.mark.parametrize("bad", [dict(threshold=-0.1), dict(threshold=1.5), dict(threshold=float("nan")),
-                                 dict(feather_px=-1), dict(upsample="nearest")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(threshold=-0.1),
+        dict(threshold=1.5),
+        dict(threshold=float("nan")),
+        dict(feather_px=-1),
+        dict(upsample="nearest"),
+    ],
+)
 def test_options_refuse_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         Options(**bad)
@@ -83,10 +91,18 @@ def test_every_shortcut_is_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_parse_sources() -> None:
     sources = parse_sources("A:train:2,/abs/B,C::0.5", root="/data")
-    assert [(s.path, s.split, s.weight) for s in sources] == [("/data/A", "train", 2.0), ("/abs/B", "train", 1.0),
-                                                             ("/data/C", "train", 0.5)]  # fmt: skip
+    assert [(s.path, s.split, s.weight) for s in sources] == [
+        ("/data/A", "train", 2.0),
+        ("/abs/B", "train", 1.0),
+        ("/data/C", "train", 0.5),
+    ]
     assert parse_sources("A", root="/data", split="val")[0].split == "val"
-    for bad, message in [("A:test", "never used"), ("A:train:x", "not a number"), ("A:train:0", "> 0"), ("", "no data")]:
+    for bad, message in [
+        ("A:test", "never used"),
+        ("A:train:x", "not a number"),
+        ("A:train:0", "> 0"),
+        ("", "no data"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_sources(bad, root="/data")
 

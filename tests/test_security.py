@@ -36,8 +36,13 @@ FILE_DATA = {"_type": "gradio.FileData"}
 def server_env(tmp: Path) -> dict[str, str]:
     """Caps, private temp and cache folders, a token that must never show."""
     (tmp / "tmp").mkdir()
-    return {"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "MAX_PIXELS": str(MAX_PIXELS), "HF_TOKEN": SECRET,
-            "GRADIO_TEMP_DIR": str(tmp / "cache"), "TMPDIR": str(tmp / "tmp")}  # fmt: skip
+    return {
+        "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+        "MAX_PIXELS": str(MAX_PIXELS),
+        "HF_TOKEN": SECRET,
+        "GRADIO_TEMP_DIR": str(tmp / "cache"),
+        "TMPDIR": str(tmp / "tmp"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +221,10 @@ def test_http_endpoint_reads_only_the_request(server: Served) -> None:
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "weights", "outside", "app.py"])
 def test_file_route_serves_no_server_files(server: Served, outside_photo: Path, path: str) -> None:
-    target = {"weights": str(Path(server.env["SEGMENTER_MODEL"]) / "model.safetensors"),
-              "outside": str(outside_photo)}.get(path, path)  # fmt: skip
+    target = {
+        "weights": str(Path(server.env["SEGMENTER_MODEL"]) / "model.safetensors"),
+        "outside": str(outside_photo),
+    }.get(path, path)
     r = httpx.get(f"{server.url}gradio_api/file={target}", timeout=30)
     assert r.status_code in (403, 404) and "root:" not in r.text
 
@@ -330,8 +337,12 @@ def test_no_secret_in_responses_logs_or_model_card(server: Served, client: Clien
     with pytest.raises(AppError, match="not a readable image") as refused:
         client.predict(handle_file(bad), 0.5, api_name="/segment")
     assert SECRET not in str(refused.value)
-    answers = [*pages, post_photo(server.url, b"not an image"), post_photo(server.url, valid_photo()),
-               api_call(server.url, "call", [{"path": "/etc/passwd", "meta": FILE_DATA}, 0.5])]  # fmt: skip
+    answers = [
+        *pages,
+        post_photo(server.url, b"not an image"),
+        post_photo(server.url, valid_photo()),
+        api_call(server.url, "call", [{"path": "/etc/passwd", "meta": FILE_DATA}, 0.5]),
+    ]
     for r in answers:
         assert SECRET not in r.text and SECRET not in str(r.headers), r.url
     assert SECRET not in server.log_text()

@@ -37,8 +37,17 @@ from segmenter.inference import Segmenter, sha256_file
 from segmenter.model import build_generator
 
 TOKEN = "hf_secret_test_value"
-RUN_FILES = ["config.json", "log.jsonl", "metrics.csv", "last.pt", "samples/epoch_001.png", "curves.png",
-             "export/model.safetensors", "export/config.json", "export/README.md"]  # fmt: skip
+RUN_FILES = [
+    "config.json",
+    "log.jsonl",
+    "metrics.csv",
+    "last.pt",
+    "samples/epoch_001.png",
+    "curves.png",
+    "export/model.safetensors",
+    "export/config.json",
+    "export/README.md",
+]
 LOG_KEYS = {"epoch", "loss_d", "loss_g_gan", "loss_g_l1", "lr_g", "lr_d", "val_iou", "val_dice", "val_l1", "seconds"}
 
 # A training process whose steps each take 0.2 s longer (the math is untouched), so that a signal sent
@@ -143,9 +152,19 @@ def test_defaults_presets_and_overrides() -> None:
     assert train.parse_args([]) == train.TrainConfig()
     assert train.parse_args(["--epochs", "3"]) == dataclasses.replace(train.TrainConfig(), epochs=3)
     # The preset of the shipped weights must not drift: a run of it is being reproduced.
-    assert train.PRESETS["cpu"] == {"arch": "effnet_unet", "epochs": 35, "ndf": 32, "aug": "strong", "composite_p": 0.3,
-                                    "real_label": 0.9, "lr_decay_every": 1, "lr_decay_g": 0.95, "lr_decay_d": 0.95,
-                                    "batch_size": 8, "tune_inference": True}  # fmt: skip
+    assert train.PRESETS["cpu"] == {
+        "arch": "effnet_unet",
+        "epochs": 35,
+        "ndf": 32,
+        "aug": "strong",
+        "composite_p": 0.3,
+        "real_label": 0.9,
+        "lr_decay_every": 1,
+        "lr_decay_g": 0.95,
+        "lr_decay_d": 0.95,
+        "batch_size": 8,
+        "tune_inference": True,
+    }
     cpu = train.parse_args(["--preset", "cpu"])
     assert cpu == dataclasses.replace(train.TrainConfig(), preset="cpu", **train.PRESETS["cpu"])
     for argv in (["--preset", "cpu", "--epochs", "3"], ["--epochs", "3", "--preset", "cpu"]):
@@ -154,8 +173,17 @@ def test_defaults_presets_and_overrides() -> None:
     assert (flags.amp, flags.half) == (False, True)
 
 
-@pytest.mark.parametrize("argv", [["--epoch-count", "3"], ["--epochs", "three"], ["--arch", "resnet"],
-                                  ["--preset", "gpu"], ["--size", "100"], ["--arch", "effnet_unet", "--size", "80"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epoch-count", "3"],
+        ["--epochs", "three"],
+        ["--arch", "resnet"],
+        ["--preset", "gpu"],
+        ["--size", "100"],
+        ["--arch", "effnet_unet", "--size", "80"],
+    ],
+)
 def test_bad_options_are_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         train.parse_args(argv)
@@ -239,7 +267,11 @@ def test_model_card_renders_the_run(one_epoch: Path, data: Path) -> None:
         assert f"| {data.parent.name}/{split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
         assert 0 <= m["person_share"] <= 1 and "seconds_per_image" in m
     assert "70x70 PatchGAN discriminator (ndf 8), GAN weight 1.0 + L1 x 100.0" in card
-    assert "1 epochs, batch 2" in card and "(epoch 1)" in card and "Input: an RGB photo resized to 64x64 (trained at\n64x64; no test-time augmentation)," in card
+    assert (
+        "1 epochs, batch 2" in card
+        and "(epoch 1)" in card
+        and "Input: an RGB photo resized to 64x64 (trained at\n64x64; no test-time augmentation)," in card
+    )
     assert "Trained on 6 photos" in card and f"`{data.parent.name}` split `train`, sampling weight 1" in card
 
 
@@ -247,15 +279,34 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
     cfg = train.parse_args(["--preset", "cpu-robust", "--run-id", "robust-run"])
     mcfg = train.model_config(cfg)
     train_sources, val_sources = train.sources(cfg)
-    mcfg.meta = {"dtype": "float32", "sha256": "0" * 64, "best_epoch": 9, "commands": ["python train.py --preset cpu-robust"],
-                 "data": {"train_images": 455, "val_images": 98, "sources": [dataclasses.asdict(s) for s in train_sources],
-                          "val_sources": [dataclasses.asdict(s) for s in val_sources]},
-                 "presence_tuning": {"threshold": 0.3},
-                 "metrics": {"PennFudanPed/val": {"images": 50, "iou": 0.8, "dice": 0.9, "boundary_f": 0.7,
-                                                  "person_share": 0.2, "no_person": 0.0}}}  # fmt: skip
+    mcfg.meta = {
+        "dtype": "float32",
+        "sha256": "0" * 64,
+        "best_epoch": 9,
+        "commands": ["python train.py --preset cpu-robust"],
+        "data": {
+            "train_images": 455,
+            "val_images": 98,
+            "sources": [dataclasses.asdict(s) for s in train_sources],
+            "val_sources": [dataclasses.asdict(s) for s in val_sources],
+        },
+        "presence_tuning": {"threshold": 0.3},
+        "metrics": {
+            "PennFudanPed/val": {
+                "images": 50,
+                "iou": 0.8,
+                "dice": 0.9,
+                "boundary_f": 0.7,
+                "person_share": 0.2,
+                "no_person": 0.0,
+            }
+        },
+    }
     write_card(tmp_path, dataclasses.asdict(cfg), mcfg)
     card = (tmp_path / "README.md").read_text()
-    assert "| PennFudanPed/val | 50 | 0.8000 | 0.9000 | 0.7000 | 20.00% | 0% |" in card and "Trained on 455 photos" in card
+    assert (
+        "| PennFudanPed/val | 50 | 0.8000 | 0.9000 | 0.7000 | 20.00% | 0% |" in card and "Trained on 455 photos" in card
+    )
     assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
     assert "(ndf 32), GAN weight 1.0 + L1 x 100.0 + presence-head BCE x 1.0" in card
     assert "augmentation `robust`\n(copy-paste p=0.5" in card and "starting from the generator in `weights/`" in card
@@ -329,8 +380,9 @@ def test_resume_refuses_to_change_the_training(one_epoch: Path) -> None:
 
 # ------------------------------------------------------------------ crashes and Ctrl-C
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["OSError", "KeyboardInterrupt"])
-def test_atomic_save_failure_keeps_the_previous_checkpoint(error: BaseException, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_atomic_save_failure_keeps_the_previous_checkpoint(
+    error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "last.pt"
     train.atomic_save({"epoch": 0, "w": torch.arange(1000)}, path)
 
@@ -416,16 +468,20 @@ class FakeHub:
         def upload_folder(self: HfApi, **kwargs: Any) -> SimpleNamespace:
             hub.calls.append(("upload_folder", kwargs))
             folder = Path(kwargs["folder_path"])
-            hub.sent = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()
-                        and any(fnmatch.fnmatch(p.name, pat) for pat in kwargs.get("allow_patterns") or ["*"])}  # fmt: skip
+            hub.sent = {
+                p.name: p.read_bytes()
+                for p in folder.iterdir()
+                if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in kwargs.get("allow_patterns") or ["*"])
+            }
             return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/{'0' * 40}")
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
 
-def test_push_to_hub_sends_the_export_and_never_the_token(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_push_to_hub_sends_the_export_and_never_the_token(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     hub = FakeHub(monkeypatch)
     assert run_main(tiny_args(data, tmp_path / "runs", "--push-to-hub", "user/repo")) == 0
@@ -448,8 +504,9 @@ def test_push_to_hub_sends_the_export_and_never_the_token(data: Path, tmp_path: 
     assert leaks == [] and TOKEN not in output.out + output.err
 
 
-def test_a_failed_push_is_retried_with_resume(one_epoch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_failed_push_is_retried_with_resume(
+    one_epoch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = Path(shutil.copytree(one_epoch, tmp_path / one_epoch.name))
     FakeHub(monkeypatch, fail=True)
     assert run_main(["--resume", str(run), "--push-to-hub", "user/repo"]) == 1
@@ -466,10 +523,12 @@ def test_hub_repo_id_loads_from_an_offline_cache(one_epoch: Path, tmp_path: Path
     shutil.copytree(one_epoch / "export", repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    predict = ("from segmenter import Segmenter\nimport numpy as np\n"
-               "seg = Segmenter.from_pretrained('user/repo', device='cpu')\n"
-               "image = np.arange(48 * 40 * 3, dtype=np.uint8).reshape(48, 40, 3)\n"
-               "print(seg.info()['run_id'], repr(float(seg.predict_proba(image).sum())))\n")  # fmt: skip
+    predict = (
+        "from segmenter import Segmenter\nimport numpy as np\n"
+        "seg = Segmenter.from_pretrained('user/repo', device='cpu')\n"
+        "image = np.arange(48 * 40 * 3, dtype=np.uint8).reshape(48, 40, 3)\n"
+        "print(seg.info()['run_id'], repr(float(seg.predict_proba(image).sum())))\n"
+    )
     env = {
         **os.environ,
         "HF_HUB_CACHE": str(tmp_path / "hub"),
@@ -490,8 +549,15 @@ def test_hub_repo_id_loads_from_an_offline_cache(one_epoch: Path, tmp_path: Path
 def test_torchrun_two_processes(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     # Batch 4: each process has 3 of the 6 training images, so dropping the last partial batch would leave none.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           *tiny_args(data, out, "--batch-size", "4")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        *tiny_args(data, out, "--batch-size", "4"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and proc.stdout.count("exported best epoch") == 1
@@ -512,7 +578,10 @@ def test_tune_inference_picks_the_best_val_setting(data: Path, tmp_path: Path) -
     chosen = max(tried, key=tried.__getitem__)
     assert cfg["meta"]["inference_tuning"]["chosen"] == chosen
     assert cfg["input_size"] == int(chosen.split("+")[0]) and cfg["tta_flip"] == chosen.endswith("+flip")
-    assert Segmenter.from_pretrained(only_run(tmp_path) / "export").get_mask(Image.new("RGB", (50, 30))).size == (50, 30)
+    assert Segmenter.from_pretrained(only_run(tmp_path) / "export").get_mask(Image.new("RGB", (50, 30))).size == (
+        50,
+        30,
+    )
 
 
 def make_negatives(root: Path, size: int = 64) -> Path:
@@ -534,11 +603,42 @@ def make_negatives(root: Path, size: int = 64) -> Path:
 
 def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path: Path) -> None:
     negatives = make_negatives(tmp_path / "negatives")
-    argv = ["--datasets", f"{data}:train:3,{negatives}:train:1", "--val-datasets", f"{data},{negatives}",
-            "--arch", "effnet_unet", "--no-pretrained", "--presence-weight", "1", "--dice-weight", "10",
-            "--aug", "robust", "--paste-p", "0.5", "--epoch-samples", "8", "--tune-inference",
-            "--out-dir", str(tmp_path / "runs"), "--size", "64", "--batch-size", "4", "--ndf", "8",
-            "--samples", "2", "--device", "cpu", "--threads", "1", "--epochs", "1"]  # fmt: skip
+    argv = [
+        "--datasets",
+        f"{data}:train:3,{negatives}:train:1",
+        "--val-datasets",
+        f"{data},{negatives}",
+        "--arch",
+        "effnet_unet",
+        "--no-pretrained",
+        "--presence-weight",
+        "1",
+        "--dice-weight",
+        "10",
+        "--aug",
+        "robust",
+        "--paste-p",
+        "0.5",
+        "--epoch-samples",
+        "8",
+        "--tune-inference",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--size",
+        "64",
+        "--batch-size",
+        "4",
+        "--ndf",
+        "8",
+        "--samples",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--epochs",
+        "1",
+    ]
     assert run_main(argv) == 0
     run = only_run(tmp_path / "runs")
     assert (run / "augmented.png").is_file()
@@ -549,11 +649,16 @@ def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path:
     meta = json.loads((run / "export" / "config.json").read_text())
     assert meta["presence_head"] and 0 < meta["presence_threshold"] < 1
     sources = meta["meta"]["data"]["sources"]
-    assert [(Path(s["path"]).name, s["split"], s["weight"]) for s in sources] == [("data.csv", "train", 3.0),
-                                                                                 ("split.csv", "train", 1.0)]  # fmt: skip
+    assert [(Path(s["path"]).name, s["split"], s["weight"]) for s in sources] == [
+        ("data.csv", "train", 3.0),
+        ("split.csv", "train", 1.0),
+    ]
     assert set(meta["meta"]["metrics"]) == {"data0/val", "data0/test", "negatives/val"}  # no test rows for negatives
     tuning = meta["meta"]["presence_tuning"]
-    assert tuning["lowest_with_person"] >= meta["presence_threshold"] or tuning["highest_without_person"] < tuning["lowest_with_person"]
+    assert (
+        tuning["lowest_with_person"] >= meta["presence_threshold"]
+        or tuning["highest_without_person"] < tuning["lowest_with_person"]
+    )
     seg = Segmenter.from_pretrained(run / "export", device="cpu")
     assert seg.segment(Image.open(data.parent / "images" / "0.png")).presence is not None
 

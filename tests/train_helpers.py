@@ -54,9 +54,31 @@ def make_dataset(root: Path, size: int = 64, seed: int = 0) -> Path:
 
 def tiny_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
     """train.py options for a seconds-long CPU run of a tiny pix2pix U-Net at 64x64 (6 levels)."""
-    return ["--data", str(data), "--out-dir", str(out_dir), "--arch", "pix2pix_unet", "--ngf", "8", "--ndf", "8",
-            "--size", "64", "--batch-size", "2", "--samples", "2", "--device", "cpu", "--threads", "1",
-            "--epochs", "1", *extra]  # fmt: skip
+    return [
+        "--data",
+        str(data),
+        "--out-dir",
+        str(out_dir),
+        "--arch",
+        "pix2pix_unet",
+        "--ngf",
+        "8",
+        "--ndf",
+        "8",
+        "--size",
+        "64",
+        "--batch-size",
+        "2",
+        "--samples",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
 def only_run(out_dir: Path) -> Path:

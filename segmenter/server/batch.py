@@ -18,8 +18,14 @@ from . import Limits
 CSV_COLUMNS = ["file", "width", "height", "person_share", "person_present", "presence", "seconds", "note"]
 
 
-def run_batch(segment: Callable[[Image.Image, Options], Segmentation], paths: list[Path], options: Options,
-              zip_path: Path, limits: Limits, progress: Callable[[Iterable], Iterable] = iter) -> list[dict]:  # fmt: skip
+def run_batch(
+    segment: Callable[[Image.Image, Options], Segmentation],
+    paths: list[Path],
+    options: Options,
+    zip_path: Path,
+    limits: Limits,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> list[dict]:
     """Segment ``paths`` into ``zip_path`` (masks/NNN_name.png, cutouts/NNN_name.png, figures.csv).
 
     Returns a row of figures per photo; an unreadable photo gets a row with the reason instead of stopping the batch.
@@ -38,10 +44,18 @@ def run_batch(segment: Callable[[Image.Image, Options], Segmentation], paths: li
             name = f"{i:03d}_{path.stem}.png"
             zf.writestr(f"masks/{name}", encode_png(result.mask))
             zf.writestr(f"cutouts/{name}", encode_png(result.cutout()))
-            rows.append({**row, "width": image.width, "height": image.height, "person_share": round(result.share, 4),
-                         "person_present": not result.no_person,
-                         "presence": "" if result.presence is None else round(result.presence, 3),
-                         "seconds": round(time.perf_counter() - start, 2), "note": result.warning or ""})  # fmt: skip
+            rows.append(
+                {
+                    **row,
+                    "width": image.width,
+                    "height": image.height,
+                    "person_share": round(result.share, 4),
+                    "person_present": not result.no_person,
+                    "presence": "" if result.presence is None else round(result.presence, 3),
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "note": result.warning or "",
+                }
+            )
         zf.writestr("figures.csv", csv_text(rows))
     return rows
 

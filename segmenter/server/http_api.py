@@ -54,12 +54,20 @@ def add_http_api(app: FastAPI, segment: Segment, limits: Limits) -> None:
         "/api/segment",
         summary="Segment the people in a photo",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "the cutout, mask or overlay as PNG"},
-                   400: {"description": "bad request: JSON {\"error\": ...}"},
-                   413: {"description": "file or image too large"}, 415: {"description": "not an image"}},
-    )  # fmt: skip
-    async def http_segment(request: Request, output: str = "cutout", threshold: float | None = None,
-                           keep_largest: bool = False, fill_holes: bool = True) -> Response:  # fmt: skip
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the cutout, mask or overlay as PNG"},
+            400: {"description": 'bad request: JSON {"error": ...}'},
+            413: {"description": "file or image too large"},
+            415: {"description": "not an image"},
+        },
+    )
+    async def http_segment(
+        request: Request,
+        output: str = "cutout",
+        threshold: float | None = None,
+        keep_largest: bool = False,
+        fill_holes: bool = True,
+    ) -> Response:
         """Send a photo as multipart form field ``file``; get a PNG at the photo's size.
 
         ``output``: ``cutout`` (RGBA, default), ``mask`` (binary, 0/255) or ``overlay``; ``threshold`` in (0, 1)
@@ -78,7 +86,9 @@ def add_http_api(app: FastAPI, segment: Segment, limits: Limits) -> None:
             async with Request(request.scope, replay(body)).form(max_files=1, max_fields=4) as form:
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
-                    return json_error(400, "Send the photo as multipart/form-data field 'file' (curl -F file=@photo.jpg).")
+                    return json_error(
+                        400, "Send the photo as multipart/form-data field 'file' (curl -F file=@photo.jpg)."
+                    )
                 data = await upload.read()
         except HTTPException as e:  # malformed multipart body
             return json_error(400, f"Could not read the form: {e.detail}")
