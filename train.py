@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_decay_d": 0.88,
         "batch_size": 8,
         "tune_inference": True,
-        "init_from": "weights/",
+        "init_from": "weights/hsd-lite0/",
     },
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},

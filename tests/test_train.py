@@ -309,7 +309,7 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
     )
     assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
     assert "(ndf 32), GAN weight 1.0 + L1 x 100.0 + presence-head BCE x 1.0" in card
-    assert "augmentation `robust`\n(copy-paste p=0.5" in card and "starting from the generator in `weights/`" in card
+    assert "augmentation `robust`\n(copy-paste p=0.5" in card and "starting from the generator in `weights/hsd-lite0/`" in card
     assert "`PennFudanPed` split `train`, sampling weight 0.3: street photos" in card
     assert "`Negatives/val`" in card and "presence head" in card and "{" not in card
 
@@ -603,42 +603,10 @@ def make_negatives(root: Path, size: int = 64) -> Path:
 
 def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path: Path) -> None:
     negatives = make_negatives(tmp_path / "negatives")
-    argv = [
-        "--datasets",
-        f"{data}:train:3,{negatives}:train:1",
-        "--val-datasets",
-        f"{data},{negatives}",
-        "--arch",
-        "effnet_unet",
-        "--no-pretrained",
-        "--presence-weight",
-        "1",
-        "--dice-weight",
-        "10",
-        "--aug",
-        "robust",
-        "--paste-p",
-        "0.5",
-        "--epoch-samples",
-        "8",
-        "--tune-inference",
-        "--out-dir",
-        str(tmp_path / "runs"),
-        "--size",
-        "64",
-        "--batch-size",
-        "4",
-        "--ndf",
-        "8",
-        "--samples",
-        "2",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--epochs",
-        "1",
-    ]
+    mix = ["--datasets", f"{data}:train:3,{negatives}:train:1", "--val-datasets", f"{data},{negatives}"]
+    model = ["--arch", "effnet_unet", "--no-pretrained", "--presence-weight", "1", "--dice-weight", "10"]
+    augment = ["--aug", "robust", "--paste-p", "0.5", "--epoch-samples", "8", "--batch-size", "4", "--tune-inference"]
+    argv = tiny_args(data, tmp_path / "runs", *mix, *model, *augment)  # later options win over tiny_args' own
     assert run_main(argv) == 0
     run = only_run(tmp_path / "runs")
     assert (run / "augmented.png").is_file()

@@ -37,13 +37,36 @@ def test_weights_load_and_segment_at_the_input_size() -> None:
 @pytest.mark.slow
 @requires_shared_data
 def test_test_split_miou_is_what_the_card_says_and_beats_the_bar() -> None:
-    """mIoU on the 30 held-out test photos, masks at their original size: >= 0.90 (MediaPipe: 0.879 / 0.893)."""
+    """mIoU on the 30 held-out test photos through the served pipeline: as recorded, and >= 0.90 (MediaPipe 0.893)."""
     seg = Segmenter.from_pretrained(WEIGHTS, device="cpu")
     means, rows = evaluate(seg, load_pairs(DEFAULT_DATA_DIR, "test"), progress=False)
     assert len(rows) == 30
-    recorded = seg.cfg.meta["metrics"]["test"]["iou"]
+    recorded = seg.cfg.meta["metrics"][f"{DEFAULT_DATA_DIR.name}/test"]["iou"]
     assert abs(means["iou"] - recorded) < 0.002
     assert means["iou"] >= 0.90
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_photos_without_people_are_reported_as_such() -> None:
+    """The Negatives val frames: as many reported "No person found" as the card says, and never a val portrait."""
+    seg = Segmenter.from_pretrained(WEIGHTS, device="cpu")
+    assert seg.info()["presence_head"]
+    negatives, _ = evaluate(seg, load_pairs(DEFAULT_DATA_DIR.parent / "Negatives", "val"), progress=False)
+    assert negatives["no_person"] == pytest.approx(seg.cfg.meta["metrics"]["Negatives/val"]["no_person"], abs=1e-4)
+    assert negatives["no_person"] >= 0.5
+    portraits, _ = evaluate(seg, load_pairs(DEFAULT_DATA_DIR, "val"), progress=False)
+    assert portraits["no_person"] == 0.0
+
+
+def test_the_robust_presets_starting_model_ships_intact() -> None:
+    """`train.py --preset cpu-robust` starts from weights/hsd-lite0/ (the Human-Segmentation-only model)."""
+    import train
+
+    start = REPO_ROOT / train.PRESETS["cpu-robust"]["init_from"]
+    seg = Segmenter.from_pretrained(start, device="cpu")  # checks its sha256
+    assert seg.cfg.meta["sha256"] == "9b476560c8ab725dc9a93d20d60500667acd686627d0cbafd1952f43368d0b5a"
+    assert not seg.info()["presence_head"]
 
 
 @requires_shared_data
