@@ -309,7 +309,10 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
     )
     assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
     assert "(ndf 32), GAN weight 1.0 + L1 x 100.0 + presence-head BCE x 1.0" in card
-    assert "augmentation `robust`\n(copy-paste p=0.5" in card and "starting from the generator in `weights/hsd-lite0/`" in card
+    assert (
+        "augmentation `robust`\n(copy-paste p=0.5" in card
+        and "starting from the generator in `weights/hsd-lite0/`" in card
+    )
     assert "`PennFudanPed` split `train`, sampling weight 0.3: street photos" in card
     assert "`Negatives/val`" in card and "presence head" in card and "{" not in card
 
