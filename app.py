@@ -288,6 +288,16 @@ def example_paths() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
 
 
+def threshold_slider(defaults: Options, **kwargs: str) -> gr.Slider:
+    return gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold", **kwargs)
+
+
+def png_output(label: str, mode: str) -> gr.Image:
+    """A full-resolution PNG output with download and fullscreen buttons (elem_id: the label in lower case)."""
+    buttons = ["download", "fullscreen"]
+    return gr.Image(label=label, type="filepath", format="png", image_mode=mode, buttons=buttons, elem_id=label.lower())
+
+
 def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
     """The Gradio UI around one loaded model, queue configured; mount it (create_app) or ``.launch()`` it."""
     segment = segment or make_segment(seg)
@@ -311,14 +321,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                         )
                         run_btn = gr.Button("Segment", variant="primary", elem_id="run")
                         with gr.Accordion("Mask and background", open=True):
-                            threshold = gr.Slider(
-                                0.05,
-                                0.95,
-                                value=defaults.threshold,
-                                step=0.01,
-                                label="Threshold",
-                                info="Re-applied to the cached prediction: the model does not run again",
-                            )
+                            threshold = threshold_slider(defaults, info="Re-applied to the cached map: no model run")
                             with gr.Row():
                                 keep_largest = gr.Checkbox(defaults.keep_largest, label="Keep main person region")
                                 fill = gr.Checkbox(defaults.fill_holes, label="Fill holes")
@@ -345,22 +348,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                     with gr.Column(scale=3):
                         stats = gr.Markdown(EMPTY_MESSAGE, elem_id="stats")
                         with gr.Row(equal_height=True):
-                            mask_out = gr.Image(
-                                label="Mask",
-                                type="filepath",
-                                format="png",
-                                image_mode="L",
-                                buttons=["download", "fullscreen"],
-                                elem_id="mask",
-                            )
-                            cutout_out = gr.Image(
-                                label="Cutout",
-                                type="filepath",
-                                format="png",
-                                image_mode="RGBA",
-                                buttons=["download", "fullscreen"],
-                                elem_id="cutout",
-                            )
+                            mask_out, cutout_out = png_output("Mask", "L"), png_output("Cutout", "RGBA")
                             overlay_out = gr.Image(
                                 label="Overlay", format="jpeg", buttons=["fullscreen"], elem_id="overlay"
                             )
@@ -385,7 +373,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                         batch_files = gr.File(
                             label="Photos", file_count="multiple", file_types=["image"], elem_id="batch-files"
                         )
-                        batch_threshold = gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold")
+                        batch_threshold = threshold_slider(defaults)
                         batch_btn = gr.Button("Segment all", variant="primary", elem_id="batch-run")
                     batch_out = gr.File(
                         label="Results (ZIP and CSV)", file_count="multiple", interactive=False, elem_id="batch-out"
@@ -405,7 +393,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                             elem_id="live-in",
                         )
                         live_out = gr.Image(label="Segmented", format="jpeg", elem_id="live-out")
-                    live_threshold = gr.Slider(0.05, 0.95, value=defaults.threshold, step=0.01, label="Threshold")
+                    live_threshold = threshold_slider(defaults)
 
             with gr.Tab("Model", id="model"):
                 gr.Markdown(model_card(seg, live_note, SPACE_ID, ZERO_GPU), elem_id="model-card")

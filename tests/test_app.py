@@ -263,3 +263,24 @@ def test_missing_weights_exit_with_instructions(tmp_path: Path):
     proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "train.py --preset cpu-robust --export-to weights/" in proc.stderr and "SEGMENTER_MODEL" in proc.stderr
+
+
+def test_no_person_over_http_and_gradio_client(tmp_path: Path, example_photo: Path):
+    """A model whose presence head says "nobody": empty masks, X-Person-Present: false, the UI's status says so."""
+    from helpers import make_presence_weights
+    from served_app import serve_app
+
+    weights = make_presence_weights(tmp_path / "nobody", presence_bias=-6.0)
+    with serve_app(weights, tmp_path) as served:
+        r = post_segment(served.url, example_photo.read_bytes(), output="mask")
+        assert r.status_code == 200 and r.headers["x-person-present"] == "false"
+        assert float(r.headers["x-presence"]) < 0.01 and "No person found" in r.headers["x-warning"]
+        assert np.asarray(Image.open(io.BytesIO(r.content))).max() == 0
+        mask_path, cutout_path = Client(served.url, verbose=False).predict(
+            handle_file(example_photo), api_name="/segment"
+        )
+        assert np.asarray(Image.open(mask_path)).max() == 0 and np.asarray(Image.open(cutout_path))[..., 3].max() == 0
+    somebody = make_presence_weights(tmp_path / "somebody", presence_bias=6.0)
+    result = Segmenter.from_pretrained(somebody, device="cpu").segment(Image.open(example_photo))
+    status = app.describe(result, 0.1)
+    assert status.startswith("**Person found**") and "presence score:** 1.00" in status
