@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmenter import Segmenter
-from segmenter.blend import cutout
 from segmenter.data import DEFAULT_DATA_DIR, load_pair, load_pairs
 from segmenter.metrics import iou
 
@@ -49,8 +48,8 @@ def main() -> None:
     rows = []
     for pair in pairs[::step][: args.count]:
         photo, truth = load_pair(pair, max_side=800)
-        mask = seg.get_mask(photo)
-        cut = cutout(photo, mask)
+        result = seg.segment(photo)  # the Space's pipeline and default options
+        mask, cut = result.mask, result.cutout()
         board = checkerboard(photo.size)
         board.paste(cut, (0, 0), cut)
         score = iou(mask.point(lambda v: v > 127), truth.point(lambda v: v > 127))

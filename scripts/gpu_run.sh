@@ -15,7 +15,7 @@ nvidia-smi >> "$OUT/device.txt" 2>&1 || true
 
 # 1. The original run. Only what the device demands differs from the CPU defaults: --device auto picks cuda and
 #    bf16 autocast (--amp, CUDA only); the exported weights are fp16 to keep the repository small.
-TRAIN=(--preset seed --run-id pix2pix-seed --out-dir "$OUT" --export-to "$OUT/pix2pix-seed" --half --workers 4)
+TRAIN=(--preset seed --run-id pix2pix-seed --out-dir "$OUT/runs" --export-to "$OUT/pix2pix-seed" --half --workers 4)
 [ "${TINY:-0}" = 1 ] && TRAIN+=(--epochs 1 --limit 8 --size 64 --ngf 8 --ndf 8 --no-eval-test)
 "$PY" train.py "${TRAIN[@]}" 2>&1 | tee "$OUT/train.log"
 
