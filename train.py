@@ -88,6 +88,7 @@ class TrainConfig:
     eval_test: bool = True
     half: bool = False
     tune_inference: bool = False  # at export, choose the inference size and flip TTA on val
+    tune_max_size: int = 0  # largest inference size tuning may pick; 0: twice the training size
     export_to: str = ""
     push_to_hub: str = ""
     resume: str = ""
@@ -139,6 +140,7 @@ HELP: dict[str, str] = {
     "eval_test": "record test metrics of the best-by-val model in the export (never used to choose)",
     "half": "export fp16 weights",
     "tune_inference": "at export, pick the inference size (1x-2x the training size) and flip averaging by val mIoU",
+    "tune_max_size": "cap on the inference size --tune-inference may pick (a latency budget); 0: 2x the training size",
     "export_to": "also copy the exported model here (e.g. weights/)",
     "push_to_hub": "Hub repo id (user/name) to upload the export to; token from HF_TOKEN or the cached login",
     "resume": "a run folder (or its last.pt) to continue in place",
@@ -185,6 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_decay_d": 0.88,
         "batch_size": 8,
         "tune_inference": True,
+        "tune_max_size": 384,  # no slower per photo than the previous shipped setting (384 + flip)
         "init_from": "weights/hsd-lite0/",
     },
     # The from-scratch pix2pix U-Net at a width a CPU can train.
@@ -196,7 +199,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (this machine, and where the result goes) ...
 RESUME_CURRENT = ("resume", "device", "workers", "threads", "export_to", "push_to_hub")
 # ... and these, which may be given to change them: they leave the epochs already trained as they were.
-RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half", "tune_inference")
+RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half", "tune_inference", "tune_max_size")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -438,9 +441,8 @@ def export(
         if cfg.eval_test:  # recorded for the card, never used to choose
             with contextlib.suppress(ValueError):
                 test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
-    mcfg = export_run(
-        G, mcfg, out, val_sets, test_sets, tune=cfg.tune_inference and _has_split_sources(cfg), half=cfg.half
-    )
+    tune = cfg.tune_inference and _has_split_sources(cfg)
+    mcfg = export_run(G, mcfg, out, val_sets, test_sets, tune=tune, half=cfg.half, max_size=cfg.tune_max_size or None)
     write_card(out, dataclasses.asdict(cfg), mcfg)
     if cfg.export_to:
         copy_export(out, Path(cfg.export_to))

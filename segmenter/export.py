@@ -48,18 +48,19 @@ def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half
     return folder
 
 
-def tune_inference(seg: Segmenter, val_pairs: list[Pair]) -> dict[str, Any]:
+def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None = None) -> dict[str, Any]:
     """Pick the inference size and flip averaging that maximise val mIoU (never test); sets them on ``seg.cfg``.
 
-    Sizes run from the training size to twice it in steps of 64 (effnet_unet; the pix2pix U-Net needs multiples of
-    2**num_downs, so it keeps its size). Scored by the served pipeline. Returns the val mIoU of every candidate.
+    Sizes run from the training size to twice it (or ``max_size``, a latency budget) in steps of 64 (effnet_unet;
+    the pix2pix U-Net needs multiples of 2**num_downs, so it keeps its size). Scored by the served pipeline.
+    Returns the val mIoU of every candidate.
     """
     from .evaluate import evaluate
 
     if not val_pairs:
         return {}
     base = seg.cfg.input_size
-    sizes = range(base, 2 * base + 1, 64) if seg.cfg.arch == "effnet_unet" else [base]
+    sizes = range(base, min(2 * base, max_size or 2 * base) + 1, 64) if seg.cfg.arch == "effnet_unet" else [base]
     scores: dict[tuple[int, bool], float] = {}
     for setting in [(size, flip) for size in sizes for flip in (False, True)]:
         seg.cfg.input_size, seg.cfg.tta_flip = setting
@@ -268,6 +269,7 @@ def export_run(
     test_sets: list[tuple[str, list[Pair]]],
     tune: bool,
     half: bool,
+    max_size: int | None = None,
 ) -> ModelConfig:
     """Write ``G`` to ``out``; with ``tune`` choose the inference size, flip and presence threshold on ``val_sets``;
     record every val and test set's metrics (through the served pipeline) in config.json. Returns the saved config.
@@ -282,7 +284,7 @@ def export_run(
     person_sets = [(n, p) for n, p in val_sets if not all_empty(p)]
     empty_sets = [(n, p) for n, p in val_sets if all_empty(p)]
     if tune and person_sets:  # size and flip first: the presence scores depend on them
-        seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p])
+        seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p], max_size)
         seg.cfg.meta["presence_tuning"] = tune_presence(
             seg, [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
         )
