@@ -250,7 +250,8 @@ def copy_export(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged, old = dest.with_name(f".{dest.name}.new"), dest.with_name(f".{dest.name}.old")
     shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(dest if dest.is_dir() else src, staged, ignore=shutil.ignore_patterns(*EXPORT_FILES))
+    top = dest if dest.is_dir() else src  # other files and folders of dest (e.g. another model) are kept whole
+    shutil.copytree(top, staged, ignore=lambda folder, names: EXPORT_FILES if Path(folder) == top else ())
     for name in EXPORT_FILES:
         shutil.copyfile(src / name, staged / name)
         os.chmod(staged / name, 0o644)

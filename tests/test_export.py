@@ -21,10 +21,11 @@ def write_export(folder: Path, seed: int) -> Path:
 
 def test_copy_export_replaces_the_set_and_keeps_other_files(tmp_path: Path) -> None:
     dest = write_export(tmp_path / "weights", seed=1)
-    (dest / "hsd-lite0").mkdir()
-    (dest / "hsd-lite0" / "keep.txt").write_text("other model")
+    other = write_export(dest / "hsd-lite0", seed=3)  # another model inside the folder, same file names
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
     copy_export(write_export(tmp_path / "new", seed=2), dest)
-    assert (dest / "README.md").read_text() == "card 2\n" and (dest / "hsd-lite0" / "keep.txt").is_file()
+    assert (dest / "README.md").read_text() == "card 2\n"
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
     Segmenter.from_pretrained(dest, device="cpu")  # weights and config belong together (sha256 checked)
     for name in EXPORT_FILES:
         assert stat.S_IMODE((dest / name).stat().st_mode) == 0o644

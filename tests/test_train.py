@@ -308,7 +308,7 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
         "| PennFudanPed/val | 50 | 0.8000 | 0.9000 | 0.7000 | 20.00% | 0% |" in card and "Trained on 455 photos" in card
     )
     assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
-    assert "(ndf 32), GAN weight 1.0 + L1 x 100.0 + presence-head BCE x 1.0" in card
+    assert "L1 loss x 100.0 (no discriminator) + soft Dice x 50.0 + presence-head BCE x 1.0" in card
     assert (
         "augmentation `robust`\n(copy-paste p=0.5" in card
         and "starting from the generator in `weights/hsd-lite0/`" in card
