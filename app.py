@@ -139,8 +139,10 @@ def read_photo(path: str | Path) -> Image.Image:
 
 def read_settings(values: tuple) -> tuple[Options, Background]:
     """The UI's settings components' raw values, in order, -> (Options, Background)."""
-    threshold, keep_largest, fill_holes, feather_px, mode, color, blur_percent, bg_payload = values
-    options = Options(float(threshold), bool(keep_largest), bool(fill_holes), float(feather_px))
+    threshold, keep_largest, fill_holes, feather_px, gate, mode, color, blur_percent, bg_payload = values
+    options = Options(
+        float(threshold), bool(keep_largest), bool(fill_holes), float(feather_px), presence_gate=bool(gate)
+    )
     try:
         rgb = Background.parse_color(str(color))
     except ValueError as e:
@@ -325,6 +327,11 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                             with gr.Row():
                                 keep_largest = gr.Checkbox(defaults.keep_largest, label="Keep main person region")
                                 fill = gr.Checkbox(defaults.fill_holes, label="Fill holes")
+                            gate = gr.Checkbox(
+                                defaults.presence_gate,
+                                label="Empty mask when the model finds no person",
+                                info="Untick to see the mask anyway when the model says the photo shows nobody",
+                            )
                             feather_px = gr.Slider(0, 20, value=defaults.feather_px, step=1, label="Feather edge (px)")
                             bg_mode = gr.Radio(list(BACKGROUNDS), value="Transparent", label="Background")
                             bg_color = gr.ColorPicker("#00b140", label="Colour", visible=False)
@@ -399,7 +406,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                 gr.Markdown(model_card(seg, live_note, SPACE_ID, ZERO_GPU), elem_id="model-card")
 
         cache = photo.GRADIO_CACHE
-        settings = [threshold, keep_largest, fill, feather_px, bg_mode, bg_color, blur, bg_image]
+        settings = [threshold, keep_largest, fill, feather_px, gate, bg_mode, bg_color, blur, bg_image]
         outputs = [mask_out, cutout_out, overlay_out, before_after, composite_btn, stats]
         gr.on(
             [run_btn.click, photo.change],
@@ -416,6 +423,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                 threshold.release,
                 keep_largest.change,
                 fill.change,
+                gate.change,
                 feather_px.release,
                 bg_mode.change,
                 bg_color.change,

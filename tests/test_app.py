@@ -209,7 +209,7 @@ def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, ti
     Image.new("RGB", (64, 48), (90, 120, 150)).save(image_path)
     prob = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # left 0 ... right 255
     photo = {"path": str(image_path)}  # the raw payload of the gr.Image (its events run with preprocess=False)
-    settings = (0.5, False, True, 0.0, "Transparent", "#00ff00", 2.0, None)
+    settings = (0.5, False, True, 0.0, True, "Transparent", "#00ff00", 2.0, None)
     mask_half, cutout_path, *_, text = app.rerender(seg, str(tmp_path), photo, (prob, None), *settings)
     mask_most, *_ = app.rerender(seg, str(tmp_path), photo, (prob, None), 0.1, *settings[1:])
     share = lambda p: (np.asarray(Image.open(p)) > 0).mean()  # noqa: E731
@@ -217,13 +217,15 @@ def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, ti
     assert Image.open(cutout_path).mode == "RGBA"
     assert "Person found" in text and "person share" in text
     coloured = app.rerender(
-        seg, str(tmp_path), photo, (prob, None), *settings[:4], "Colour", "rgba(0, 255, 0, 1)", 2.0, None
+        seg, str(tmp_path), photo, (prob, None), *settings[:5], "Colour", "rgba(0, 255, 0, 1)", 2.0, None
     )
     composite = Image.open(coloured[4].value["path"])  # the DownloadButton's file
     assert np.asarray(composite)[24, 2].tolist() == pytest.approx([0, 255, 0], abs=8)
     # A presence score under the model's threshold: no person, an empty mask, and the status line says so.
     gated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), *settings)
     assert share(gated[0]) == 0 and "No person found" in gated[5]
+    ungated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), *settings[:4], False, *settings[5:])
+    assert share(ungated[0]) == pytest.approx(0.5, abs=0.03)  # the user's override shows the mask anyway
     skipped = app.rerender(seg, str(tmp_path), photo, None, *settings)  # nothing segmented yet
     assert len(skipped) == 6
 

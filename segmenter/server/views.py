@@ -40,7 +40,10 @@ def describe(result: Segmentation, seconds: float) -> str:
         f"{found} · **person share:** {result.share:.1%} of {result.image.width}x{result.image.height} px"
         f"{presence} · **time:** {seconds:.2f} s"
     )
-    return text if result.warning is None else f"{text}\n\n⚠️ {result.warning}"
+    if result.warning is None:
+        return text
+    hint = " If it does, untick *Empty mask when the model finds no person*." if not result.person_present else ""
+    return f"{text}\n\n⚠️ {result.warning}{hint}"
 
 
 def model_card(seg: Segmenter, live_note: str, space_id: str | None = None, zero_gpu: bool = False) -> str:
