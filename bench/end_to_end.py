@@ -48,6 +48,7 @@ def stage_calls(seg: Segmenter, data: bytes) -> dict[str, Callable[[], object]]:
     """name -> zero-argument call, each on the previous stage's (precomputed) output."""
     photo = as_pil(Image.open(io.BytesIO(data)))
     x = seg.preprocess([photo])
+    x = torch.cat([x, x.flip(-1)]) if seg.cfg.tta_flip else x  # the batch segment() really runs (flip averaging)
     low, presence = seg.predict_low_res([photo])
     prob = upsample(low[0], photo, "guided")
     options = Options()
