@@ -1,0 +1,167 @@
+"""Command-line tool: segment photos, folders or globs into masks, cutouts, overlays or composites.
+
+    python -m segmenter photos/ -o out/                      # cutouts of every photo under photos/
+    python -m segmenter 'shots/**/*.jpg' a.png -o out/ --output mask --threshold 0.4
+    person-segment photos/ -o out/ --output composite --background '#00b140'
+
+Sub-folders of an input folder are kept under OUTDIR; outputs that exist are skipped unless --overwrite.
+Photos are decoded by worker threads while the model runs. Exit code 1 when any photo could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
+from .inference import Segmenter
+from .pipeline import Background, Options
+
+OUTPUTS = ("mask", "cutout", "overlay", "composite")
+MAX_BYTES, MAX_PIXELS = 200 * 2**20, 100_000_000  # generous: these are the user's own files
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
+    """Files, folders (recursively) and globs -> (jobs with their output paths, inputs that matched nothing)."""
+    jobs: dict[Path, Job] = {}
+    missing = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_photo(p)]
+        elif path.is_file():
+            found = [(path, Path(path.name))]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            root = Path(os.path.commonpath([str(m.parent) for m in matches])) if matches else Path()
+            found = [(p, p.relative_to(root)) for p in matches if _is_photo(p)]
+        if not found:
+            missing.append(item)
+        for source, rel in found:
+            jobs.setdefault(source.resolve(), Job(source, (out_dir / rel).with_suffix(".png")))
+    return list(jobs.values()), missing
+
+
+def _is_photo(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def parse_background(value: str | None) -> Background:
+    """'blur', a colour ('#00b140', 'white') or an image file -> Background; None: transparent."""
+    if value is None:
+        return Background()
+    if value == "blur":
+        return Background("blur")
+    if Path(value).is_file():
+        return Background("image", image=load_image(value, MAX_BYTES, MAX_PIXELS))
+    try:
+        return Background("color", Background.parse_color(value))
+    except ValueError:
+        raise SystemExit(f"--background {value!r}: not 'blur', a colour or an image file") from None
+
+
+def decoded(jobs: list[Job], workers: int) -> Iterator[tuple[Job, Image.Image | Exception]]:
+    """Jobs with their decoded photos (or the error), in order, decoded ``workers`` at a time ahead of the model."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        ahead: list[tuple[Job, Future]] = []
+        it = iter(jobs)
+        for job in it:
+            ahead.append((job, pool.submit(load_image, job.source, MAX_BYTES, MAX_PIXELS)))
+            if len(ahead) > 2 * workers:
+                break
+        while ahead:
+            job, future = ahead.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                ahead.append((nxt, pool.submit(load_image, nxt.source, MAX_BYTES, MAX_PIXELS)))
+            try:
+                yield job, future.result()
+            except (ImageError, OSError) as e:
+                yield job, e
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m segmenter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders or glob patterns")
+    parser.add_argument("-o", "--out-dir", type=Path, required=True, help="where the outputs go")
+    parser.add_argument("--output", choices=OUTPUTS, default="cutout", help="what to write (default: %(default)s)")
+    parser.add_argument(
+        "--weights",
+        default=os.getenv("SEGMENTER_MODEL", "weights/"),
+        help="weights folder, .safetensors file or Hub repo id (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="person probability threshold (default: the model's)"
+    )
+    parser.add_argument("--keep-largest", action="store_true", help="keep only the largest person region")
+    parser.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the mask")
+    parser.add_argument(
+        "--feather", type=float, default=Options.feather_px, help="edge softness in px (default: %(default)s)"
+    )
+    parser.add_argument("--background", default=None, help="for composite: 'blur', a colour or an image file")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    jobs, missing = find_jobs(args.inputs, args.out_dir)
+    for item in missing:
+        print(f"no photos found: {item}", file=sys.stderr)
+    todo = [j for j in jobs if args.overwrite or not j.target.exists()]
+    if not todo:
+        print(f"nothing to do: {len(jobs)} photo(s), {len(jobs) - len(todo)} already done (--overwrite to redo)")
+        return 1 if missing else 0
+    try:
+        seg = Segmenter.from_pretrained(args.weights, device=args.device)
+        options = Options(args.threshold, args.keep_largest, not args.no_fill_holes, args.feather)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    background = parse_background(args.background)
+    failed, no_person, start = [], 0, time.perf_counter()
+    for job, photo in tqdm(decoded(todo, args.workers), total=len(todo), desc="segment", unit="photo"):
+        if isinstance(photo, Exception):
+            failed.append(f"{job.source}: {photo}")
+            continue
+        result = seg.segment(photo, options)
+        no_person += result.no_person
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = job.target.with_name(f".{job.target.name}.tmp")
+        tmp.write_bytes(encode_png(result.render(args.output, background)))
+        tmp.replace(job.target)
+    seconds = time.perf_counter() - start
+    print(
+        f"{len(todo) - len(failed)} written to {args.out_dir} ({args.output}), {len(jobs) - len(todo)} skipped "
+        f"(exist), {len(failed)} failed, {no_person} with no person found; {seconds:.1f} s"
+    )
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if failed or missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

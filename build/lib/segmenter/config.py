@@ -1,0 +1,78 @@
+"""Model configuration: saved as ``config.json`` beside ``model.safetensors`` so weights rebuild their model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Arch = Literal["pix2pix_unet", "effnet_unet"]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a generator and feed it.
+
+    ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
+    apply), ``effnet_unet`` is the transfer-learning U-Net with an EfficientNet-Lite0 encoder.
+    ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
+    generators are fully convolutional, and export may pick another size on val).
+    Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
+    With ``presence_head`` the generator also returns a logit per photo: sigmoid(logit) is the probability
+    that the photo shows a person at all; below ``presence_threshold`` the served mask is empty.
+    """
+
+    arch: Arch = "pix2pix_unet"
+    in_channels: int = 3
+    out_channels: int = 1
+    ngf: int = 64
+    num_downs: int = 8
+    norm: Literal["batch", "instance"] = "batch"
+    dropout: bool = True
+    input_size: int = 256
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    threshold: float = 0.5
+    tta_flip: bool = False  # also run the mirrored photo and average (chosen on val at export)
+    decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    presence_head: bool = False  # effnet_unet: a small head on the deepest features says "a person is in the photo"
+    presence_threshold: float = 0.5  # presence probability below this: "no person", empty mask (chosen on val)
+    # Provenance, filled in at export: sha256 of model.safetensors, val/test metrics, training run.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("pix2pix_unet", "effnet_unet"):
+            raise ValueError(f"arch must be pix2pix_unet or effnet_unet, got {self.arch!r}")
+        if not isinstance(self.input_size, int) or self.input_size < 32 or self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size!r}")
+        for name in ("threshold", "presence_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("mean", "std", "decoder_channels"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a valid model config: {e}") from e

@@ -1,0 +1,220 @@
+"""Evaluate weights through the served pipeline: every mask scored is the one the Space returns for that photo.
+
+    python -m segmenter.evaluate weights/ --all              # every split of every dataset under ../shared/data
+    python -m segmenter.evaluate weights/ --split test       # one split of --data (the Human Segmentation Dataset)
+    python -m segmenter.evaluate weights/ --data my_annotations.csv --split all --csv per_image.csv
+
+Masks are compared at each photo's original size, made by ``Segmenter.segment`` with the Space's default options
+(guided upsampling, fill holes, the presence gate). ``--all`` reads ``test`` rows only of the Human Segmentation
+Dataset (the figure we publish); the other datasets' splits are train and val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
+from .inference import Segmenter
+from .metrics import METRICS, mean_scores, score
+from .pipeline import Options
+
+LABELS = {"iou": "mIoU", "dice": "Dice", "accuracy": "accuracy", "boundary_f": "boundary-F"}
+WORST = 5
+PUBLISHED_TEST = DEFAULT_DATA_DIR.name  # the only dataset whose test rows are read
+
+
+def evaluate(
+    seg: Segmenter, pairs: list[Pair], options: Options | None = None, progress: bool = True, batch_size: int = 8
+) -> tuple[dict[str, float], list[dict]]:
+    """Segment ``pairs`` with ``seg.segment_batch`` and score each mask at the photo's size -> (means, per image).
+
+    Means hold the METRICS, ``person_share`` (mean share of pixels called person), ``no_person`` (share of photos
+    reported "No person found") and ``seconds_per_image`` (the segmenter's own time: decoding files excluded).
+    """
+    rows: list[dict] = []
+    seconds = 0.0
+    bar = tqdm(total=len(pairs), desc="evaluate", unit="img", disable=not progress)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        loaded = [load_pair(p) for p in chunk]
+        t0 = time.perf_counter()
+        results = seg.segment_batch([img for img, _ in loaded], options)
+        seconds += time.perf_counter() - t0
+        for pair, (_, truth), result in zip(chunk, loaded, results, strict=True):
+            pred = np.asarray(result.mask) > 127
+            rows.append(
+                {
+                    "image": str(pair.image),
+                    **score(pred, np.asarray(truth) > 127),
+                    "person_share": float(pred.mean()),
+                    "no_person": float(result.no_person),
+                    "presence": result.presence,
+                }
+            )
+        bar.update(len(chunk))
+    bar.close()
+    means = {
+        **mean_scores(rows),
+        "person_share": float(np.mean([r["person_share"] for r in rows])),
+        "no_person": float(np.mean([r["no_person"] for r in rows])),
+        "seconds_per_image": seconds / len(pairs),
+    }
+    return means, rows
+
+
+def all_splits(root: Path) -> list[tuple[str, str, list[Pair]]]:
+    """(dataset, split, pairs) for every split of every dataset folder with a split.csv under ``root``.
+
+    ``test`` rows only for the published dataset.
+    """
+    out = []
+    for folder in sorted(p for p in root.iterdir() if (p / "split.csv").is_file()):
+        with (folder / "split.csv").open(newline="") as f:
+            splits = sorted({row.get("split", "") for row in csv.DictReader(f)} - {""})
+        for split in splits:
+            if split == "test" and folder.name != PUBLISHED_TEST:
+                continue
+            out.append((folder.name, split, load_pairs(folder, split)))
+    return out
+
+
+def format_table(results: list[tuple[str, str, dict[str, float]]]) -> str:
+    """One markdown row per (dataset, split): mIoU, Dice, boundary F, person share, no-person share, seconds."""
+    lines = [
+        "| dataset | split | photos | mIoU | Dice | boundary F | mean person share | reported no person | s/photo |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, split, m in results:
+        lines.append(
+            f"| {name} | {split} | {m['photos']:.0f} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} "
+            f"| {m['person_share']:.2%} | {m['no_person']:.0%} | {m['seconds_per_image']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_report(means: dict[str, float], rows: list[dict], worst: int = WORST, root: Path | None = None) -> str:
+    """Markdown tables: the mean of each metric, then the ``worst`` images by IoU (paths shown relative to ``root``)."""
+    lines = ["| metric | mean |", "| --- | --- |"]
+    lines += [f"| {LABELS[k]} | {means[k]:.4f} |" for k in METRICS]
+    lines.append(f"| mean person share | {means['person_share']:.4f} |")
+    lines.append(f"| reported no person | {means['no_person']:.4f} |")
+    lines.append(f"| seconds per image (segmenter only) | {means['seconds_per_image']:.3f} |")
+    per_image = ["IoU", *(LABELS[k] for k in METRICS[1:])]
+    lines += [
+        "",
+        f"Worst {min(worst, len(rows))} by IoU:",
+        "",
+        "| image | " + " | ".join(per_image) + " |",
+        "| --- |" + " --- |" * len(METRICS),
+    ]
+    for row in sorted(rows, key=lambda r: r["iou"])[:worst]:
+        lines.append(f"| {_shown(row['image'], root)} | " + " | ".join(f"{row[k]:.4f}" for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def _shown(image: str, root: Path | None) -> str:
+    """An image path relative to the dataset root when it lies inside it."""
+    try:
+        return str(Path(image).relative_to(root)) if root is not None else image
+    except ValueError:
+        return image
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=["image", *METRICS, "person_share", "no_person", "presence"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m segmenter.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "weights", help="weights folder (config.json + model.safetensors), .safetensors file or Hub repo id"
+    )
+    parser.add_argument("--all", action="store_true", help="every split of every dataset under --data-root: one table")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="datasets for --all (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA_DIR),
+        help="dataset folder (with split.csv) or images,masks[,split] CSV (default: %(default)s)",
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate, or 'all' (default: %(default)s)")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold (default: the one in the weights' config)"
+    )
+    parser.add_argument("--upsample", choices=["guided", "bilinear"], default="guided", help="default: %(default)s")
+    parser.add_argument("--csv", type=Path, default=None, help="also write per-image scores to this CSV file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.all:
+            jobs = all_splits(args.data_root)
+            if not jobs:
+                raise ValueError(f"{args.data_root}: no dataset folders with a split.csv")
+        else:
+            jobs = [
+                (Path(args.data).name, args.split, load_pairs(args.data, None if args.split == "all" else args.split))
+            ]
+            if not jobs[0][2]:
+                raise ValueError(f"{args.data}: no images to evaluate")
+        seg = Segmenter.from_pretrained(args.weights, device=args.device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    options = Options(threshold=args.threshold, upsample=args.upsample)
+    info = seg.info()
+    sha = info.get("sha256", "")
+    print(
+        f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
+        f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, presence head "
+        f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}, "
+        f"{seg.device}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"threshold {seg.threshold if args.threshold is None else args.threshold:g}, {args.upsample} upsampling; "
+        "the Space's default pipeline; mean per photo at its original size\n"
+    )
+    results, all_rows = [], []
+    for name, split, pairs in jobs:
+        means, rows = evaluate(seg, pairs, options, progress=not args.no_progress, batch_size=args.batch_size)
+        results.append((name, split, {**means, "photos": len(pairs)}))
+        all_rows += rows
+        if not args.all:
+            data = Path(args.data)
+            print(f"data: {args.data}, split {split}: {len(rows)} images\n")
+            print(format_report(means, rows, root=data if data.is_dir() else data.parent))
+    if args.all:
+        print(format_table(results))
+    if args.csv is not None:
+        write_csv(all_rows, args.csv)
+        print(f"\nper-image scores: {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

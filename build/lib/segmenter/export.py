@@ -1,0 +1,305 @@
+"""Writing a trained generator for others: ``model.safetensors`` + ``config.json`` (with its sha256), the model card,
+inference tuning on val, and the Hub upload. train.py calls these; so can anyone with a generator in hand."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from .data import Pair
+    from .inference import Segmenter
+
+WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half: bool = False) -> Path:
+    """Write ``model.safetensors`` (+ ``config.json`` recording its sha256) into ``folder``; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    weights = folder / WEIGHTS_NAME
+    tmp = weights.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(weights)
+    cfg.meta = {**cfg.meta, "sha256": sha256_file(weights), "dtype": "float16" if half else "float32"}
+    cfg.save(folder / CONFIG_NAME)
+    return folder
+
+
+def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None = None) -> dict[str, Any]:
+    """Pick the inference size and flip averaging that maximise val mIoU (never test); sets them on ``seg.cfg``.
+
+    Sizes run from the training size to twice it (or ``max_size``, a latency budget) in steps of 64 (effnet_unet;
+    the pix2pix U-Net needs multiples of 2**num_downs, so it keeps its size). Scored by the served pipeline.
+    Returns the val mIoU of every candidate.
+    """
+    from .evaluate import evaluate
+
+    if not val_pairs:
+        return {}
+    base = seg.cfg.input_size
+    sizes = range(base, min(2 * base, max_size or 2 * base) + 1, 64) if seg.cfg.arch == "effnet_unet" else [base]
+    scores: dict[tuple[int, bool], float] = {}
+    for setting in [(size, flip) for size in sizes for flip in (False, True)]:
+        seg.cfg.input_size, seg.cfg.tta_flip = setting
+        scores[setting] = evaluate(seg, val_pairs, progress=False)[0]["iou"]
+    seg.cfg.input_size, seg.cfg.tta_flip = best_setting = max(scores, key=scores.__getitem__)
+    name = {setting: f"{setting[0]}{'+flip' if setting[1] else ''}" for setting in scores}
+    table, best = {name[k]: v for k, v in scores.items()}, name[best_setting]
+    print("inference settings by val mIoU: " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()) + f" -> {best}")
+    return {"val_miou": {k: round(v, 4) for k, v in table.items()}, "chosen": best}
+
+
+def tune_presence(seg: Segmenter, person_pairs: list[Pair], empty_pairs: list[Pair]) -> dict[str, Any]:
+    """Choose the presence threshold on val photos (never test); sets it on ``seg.cfg``.
+
+    Rule: never call a val photo with a person "no person". When the scores separate the two groups, the threshold
+    is the midpoint of the gap; otherwise 0.9 x the lowest score of a photo with a person.
+    """
+    from .data import load_pair
+
+    if seg.model.presence is None or not person_pairs:
+        return {}
+    pos = [s.presence for s in seg.segment_batch([load_pair(p)[0] for p in person_pairs])]
+    neg = [s.presence for s in seg.segment_batch([load_pair(p)[0] for p in empty_pairs])] if empty_pairs else []
+    lowest_pos, highest_neg = min(pos), max(neg, default=0.0)
+    threshold = (lowest_pos + highest_neg) / 2 if highest_neg < lowest_pos else 0.9 * lowest_pos
+    seg.cfg.presence_threshold = round(float(threshold), 4)
+    flagged = sum(p < seg.cfg.presence_threshold for p in neg)
+    print(
+        f"presence threshold {seg.cfg.presence_threshold:.4f}: lowest score with a person {lowest_pos:.4f}, "
+        f"highest without {highest_neg:.4f}; {flagged}/{len(neg)} val photos without people flagged"
+    )
+    return {
+        "threshold": seg.cfg.presence_threshold,
+        "lowest_with_person": round(lowest_pos, 4),
+        "highest_without_person": round(highest_neg, 4),
+        "val_photos": len(pos) + len(neg),
+    }
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Create ``repo_id`` if needed and upload ``folder``; the token comes from HF_TOKEN or the cached login."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        allow_patterns=list(EXPORT_FILES),
+        commit_message="Upload person-segmentation generator",
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+MODEL_CARD = """---
+license: mit
+library_name: pytorch
+tags: [image-segmentation, person-segmentation, pix2pix, gan]
+pipeline_tag: image-segmentation
+---
+# Person segmentation: {arch} trained as a Pix2Pix generator
+
+Binary person masks from RGB photos. Input: an RGB photo resized to {input_size}x{input_size} (trained at
+{size}x{size}; {inference_note}), scaled to [-1, 1]; output: a tanh map, probability = (y + 1) / 2, person where
+it is >= {threshold}. {presence_note}
+Load it with `Segmenter.from_pretrained(<this folder or repo id>)` from this project's `segmenter` package;
+`Segmenter.segment(photo)` runs the whole pipeline the Space serves.
+
+## Results
+Scored through the served pipeline (guided upsampling, fill holes, presence gate), masks compared at each photo's
+original size, mean per photo. Regenerate with `python -m segmenter.evaluate <this folder> --all`.
+
+| dataset / split | photos | mIoU | Dice | boundary F | mean person share | reported no person |
+|---|---|---|---|---|---|---|
+{rows}
+
+Weights: `model.safetensors` ({dtype}), sha256 `{sha256}`.
+
+## Training
+Training ID `{run_id}`, preset `{preset}`: `{command}`{resumed}.
+Generator `{arch}`, {objective},
+Adam lr {lr} betas ({beta1}, {beta2}), {epochs} epochs, batch {batch_size}, augmentation `{aug}`
+(copy-paste p={paste_p}, compositing p={composite_p}){init_note}. The model kept is the best epoch by the mean
+validation IoU of the validation sets (epoch {best_epoch}). No test row was used for training or for choosing.
+
+## Data
+{data_section}
+
+## Intended use and limitations
+A demo-grade person/background segmenter for photos and webcam snapshots. Trained on {train_images} photos;
+expect weaker masks on crowds, tiny or partial people, unusual poses, and fine structures such as hair.
+Not for surveillance, identification or any decision about a person.
+"""
+DATASET_NOTES = {
+    "Human-Segmentation-Dataset": "portraits and snapshots (290; 230 train / 30 val / 30 test); its masks were made by "
+    "a background-removal service and it ships no licence file",
+    "PennFudanPed": "street photos, often several pedestrians (170; 120 train / 50 val); the authors ask that it "
+    "not be reposted",
+    "Negatives": "DAVIS-2016 frames without people (123; 105 train / 18 val), all-background masks",
+}
+
+
+def _inference_note(mcfg: ModelConfig) -> str:
+    tuning = mcfg.meta.get("inference_tuning")
+    flip = "averaged with the mirrored photo" if mcfg.tta_flip else "no test-time augmentation"
+    if not tuning:
+        return flip
+    tried = ", ".join(f"{k} {v:.4f}" for k, v in tuning["val_miou"].items())
+    return f"{flip}; size and flip chosen by val mIoU among {tried}"
+
+
+def _data_section(meta: dict[str, Any]) -> str:
+    from .data import DataSource
+
+    sources = [DataSource(**s) for s in meta["data"].get("sources") or []]
+    lines = [
+        f"- `{s.name}` split `{s.split}`, sampling weight {s.weight:g}: "
+        f"{DATASET_NOTES.get(s.name, 'photos with person masks')}"
+        for s in sources
+    ]
+    vals = ", ".join(f"`{DataSource(**s).name}/{s['split']}`" for s in meta["data"].get("val_sources") or [])
+    return "\n".join(lines) + (
+        f"\n\nValidation (choosing the epoch, the inference size and the presence threshold): {vals}." if vals else ""
+    )
+
+
+def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) -> None:
+    """README.md: the model card, from the export's config (metrics, sha256, provenance) and the run's config."""
+    meta, cfg = mcfg.meta, train_config
+    rows = [
+        f"| {name} | {m['images']} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} | "
+        f"{m.get('person_share', float('nan')):.2%} | {m.get('no_person', float('nan')):.0%} |"
+        for name, m in meta.get("metrics", {}).items()
+    ]
+    objective = (
+        f"70x70 PatchGAN discriminator (ndf {cfg['ndf']}), GAN weight {cfg['gan_weight']} + L1 x {cfg['l1_lambda']}"
+        if cfg["gan_weight"] > 0
+        else f"L1 loss x {cfg['l1_lambda']} (no discriminator)"
+    )
+    if cfg.get("dice_weight"):
+        objective += f" + soft Dice x {cfg['dice_weight']}"
+    if cfg.get("presence_weight"):
+        objective += f" + presence-head BCE x {cfg['presence_weight']}"
+    tuning = meta.get("presence_tuning") or {}
+    chosen = (
+        f" (chosen on {tuning['val_photos']} val photos: lowest score of a photo with a person "
+        f"{tuning['lowest_with_person']:.3f}, highest without {tuning['highest_without_person']:.3f})"
+        if "val_photos" in tuning
+        else ""
+    )
+    presence_note = (
+        f"A presence head scores whether the photo shows a person at all; below "
+        f'{mcfg.presence_threshold:g}{chosen} the mask is empty and the Space says "No person found".'
+        if mcfg.presence_head
+        else ""
+    )
+    text = MODEL_CARD.format(
+        **cfg
+        | {
+            "input_size": mcfg.input_size,
+            "inference_note": _inference_note(mcfg),
+            "threshold": mcfg.threshold,
+            "rows": "\n".join(rows) or "| (none) | 0 | | | | | |",
+            "dtype": meta["dtype"],
+            "sha256": meta["sha256"],
+            "command": meta["commands"][0],
+            "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]),
+            "best_epoch": meta["best_epoch"],
+            "objective": objective,
+            "train_images": meta["data"]["train_images"],
+            "data_section": _data_section(meta),
+            "presence_note": presence_note,
+            "paste_p": cfg.get("paste_p", 0.0),
+            "init_note": f", starting from the generator in `{cfg['init_from']}`" if cfg.get("init_from") else "",
+        }
+    )
+    (folder / CARD_NAME).write_text(text)
+
+
+def copy_export(src: Path, dest: Path) -> None:
+    """Put the export files of ``src`` into ``dest`` so that a crash leaves either the old set or the new one whole.
+
+    The files are staged in a sibling folder; two renames swap it in (the old folder is kept until the swap is done).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged, old = dest.with_name(f".{dest.name}.new"), dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(staged, ignore_errors=True)
+    top = dest if dest.is_dir() else src  # other files and folders of dest (e.g. another model) are kept whole
+    shutil.copytree(top, staged, ignore=lambda folder, names: EXPORT_FILES if Path(folder) == top else ())
+    for name in EXPORT_FILES:
+        shutil.copyfile(src / name, staged / name)
+        os.chmod(staged / name, 0o644)
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    staged.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(
+    G: nn.Module,
+    mcfg: ModelConfig,
+    out: Path,
+    val_sets: list[tuple[str, list[Pair]]],
+    test_sets: list[tuple[str, list[Pair]]],
+    tune: bool,
+    half: bool,
+    max_size: int | None = None,
+) -> ModelConfig:
+    """Write ``G`` to ``out``; with ``tune`` choose the inference size, flip and presence threshold on ``val_sets``;
+    record every val and test set's metrics (through the served pipeline) in config.json. Returns the saved config.
+
+    ``val_sets`` and ``test_sets`` are (name, pairs); a set whose masks are all empty counts as photos without people.
+    """
+    from .evaluate import evaluate
+    from .inference import Segmenter
+
+    save_pretrained(G, mcfg, out, half=half)
+    seg = Segmenter.from_pretrained(out, device="cpu")
+    person_sets = [(n, p) for n, p in val_sets if not all_empty(p)]
+    empty_sets = [(n, p) for n, p in val_sets if all_empty(p)]
+    if tune and person_sets:  # size and flip first: the presence scores depend on them
+        seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p], max_size)
+        seg.cfg.meta["presence_tuning"] = tune_presence(
+            seg, [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
+        )
+    metrics = {}
+    for name, pairs in [*val_sets, *test_sets]:
+        means, _ = evaluate(seg, pairs, progress=False)
+        metrics[name] = {"images": len(pairs), **{k: round(v, 4) for k, v in means.items()}}
+    seg.cfg.meta["metrics"] = metrics
+    seg.cfg.save(out / CONFIG_NAME)
+    return seg.cfg
+
+
+def all_empty(pairs: list[Pair]) -> bool:
+    """Whether every mask of ``pairs`` is empty (a set of photos without people)."""
+    from .data import load_pair
+
+    return all(not (np.asarray(load_pair(p, 64)[1]) > 127).any() for p in pairs)

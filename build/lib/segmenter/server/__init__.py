@@ -1,0 +1,22 @@
+"""Serving pieces the Space mounts around its Gradio UI: the plain HTTP endpoint, the upload guard, the batch ZIP.
+
+They take their limits as a :class:`Limits` value (the app reads the environment once and passes it on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send: upload size, pixels per photo, photos per batch; model runs at a time."""
+
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 16_000_000
+    max_batch: int = 24
+    concurrency: int = 2
+
+    @property
+    def max_upload_mb(self) -> float:
+        return self.max_upload_bytes / 2**20

@@ -1,0 +1,80 @@
+"""What the Space shows besides the images: the status line, the Model tab, cached result files, previews."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+from ..images import encode_png
+from ..inference import Segmenter
+from ..pipeline import Segmentation
+
+PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
+
+
+def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
+    """Write ``image`` (PNG, or JPEG for a .jpg name) into a new folder of Gradio's cache; returns its path."""
+    path = Path(cache_dir) / uuid.uuid4().hex / name
+    path.parent.mkdir(parents=True)
+    if path.suffix == ".jpg":
+        image.save(path, "JPEG", quality=92)
+    else:
+        path.write_bytes(encode_png(image))
+    return str(path)
+
+
+def preview(image: Image.Image) -> Image.Image:
+    """A copy no larger than PREVIEW_SIDE, for view-only outputs."""
+    small = image.copy()
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BILINEAR)
+    return small
+
+
+def describe(result: Segmentation, seconds: float) -> str:
+    """Markdown status line: person found or not, share, presence score, time; the warning when nobody was found."""
+    found = "**No person found**" if result.no_person else "**Person found**"
+    presence = "" if result.presence is None else f" · **presence score:** {result.presence:.2f}"
+    text = (
+        f"{found} · **person share:** {result.share:.1%} of {result.image.width}x{result.image.height} px"
+        f"{presence} · **time:** {seconds:.2f} s"
+    )
+    if result.warning is None:
+        return text
+    hint = " If it does, untick *Empty mask when the model finds no person*." if not result.person_present else ""
+    return f"{text}\n\n⚠️ {result.warning}{hint}"
+
+
+def model_card(seg: Segmenter, live_note: str, space_id: str | None = None, zero_gpu: bool = False) -> str:
+    """Markdown for the Model tab, from the weights' config meta."""
+    info = seg.info()
+    metrics = info.get("metrics") or {}
+    params = sum(p.numel() for p in seg.model.parameters())
+    size = seg.cfg.input_size
+    rows = [
+        f"| {name} | {m['iou']:.3f} | {m.get('person_share', 0):.2%} | {m.get('no_person', 0):.0%} |"
+        for name, m in metrics.items()
+        if isinstance(m, dict) and "iou" in m
+    ]
+    how = (
+        f"[README → Training](https://huggingface.co/spaces/{space_id}/blob/main/README.md#training)"
+        if space_id
+        else "the *Training* section of README.md"
+    )
+    lines = [
+        "| Model | |",
+        "|---|---|",
+        f"| Generator | `{info['arch']}`: {params / 1e6:.2f} M parameters, input {size}x{size}"
+        f"{' + flip' if seg.cfg.tta_flip else ''} |",
+        f"| Presence head | {'yes, threshold ' + format(seg.cfg.presence_threshold, '.3f') if info['presence_head'] else 'no'} |",
+        f"| Weights sha256 | `{info.get('sha256', 'n/a')}` |",
+        f"| Training run | `{info.get('run_id', 'n/a')}` |",
+        f"| Device | {seg.device.type}{' (ZeroGPU)' if zero_gpu else ''} |",
+        f"| Live webcam | {live_note} |",
+    ]
+    table = ["", "| dataset / split | mIoU | mean person share | reported no person |", "|---|---|---|---|", *rows]
+    return "\n".join(lines + (table if rows else [])) + (
+        f"\n\nHow the model was trained: see {how}. Masks are predicted at {size}x{size} and brought to the photo's "
+        "resolution with an edge-aware guided filter."
+    )
