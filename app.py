@@ -408,65 +408,38 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
         cache = photo.GRADIO_CACHE
         settings = [threshold, keep_largest, fill, feather_px, gate, bg_mode, bg_color, blur, bg_image]
         outputs = [mask_out, cutout_out, overlay_out, before_after, composite_btn, stats]
-        gr.on(
-            [run_btn.click, photo.change],
-            partial(segment_photo, segment, cache),
-            [photo, *settings],
-            [*outputs, prob_state],
-            api_visibility="private",
-            trigger_mode="always_last",
-            concurrency_id="model",
-            preprocess=False,
+        private, model, latest = (
+            {"api_visibility": "private"},
+            {"concurrency_id": "model"},
+            {"trigger_mode": "always_last"},
         )
+        photo_events, raw = [run_btn.click, photo.change], {"preprocess": False}  # our caps and messages, one decode
+        run_photo = partial(segment_photo, segment, cache)
+        gr.on(photo_events, run_photo, [photo, *settings], [*outputs, prob_state], **private, **model, **latest, **raw)
+        setting_events = [c.release for c in (threshold, feather_px, blur)]
+        setting_events += [c.change for c in (keep_largest, fill, gate, bg_mode, bg_color, bg_image)]
+        redo = partial(rerender, seg, cache)
         gr.on(
-            [
-                threshold.release,
-                keep_largest.change,
-                fill.change,
-                gate.change,
-                feather_px.release,
-                bg_mode.change,
-                bg_color.change,
-                blur.release,
-                bg_image.change,
-            ],
-            partial(rerender, seg, cache),
+            setting_events,
+            redo,
             [photo, prob_state, *settings],
             outputs,
-            api_visibility="private",
-            trigger_mode="always_last",
             show_progress="minimal",
-            preprocess=False,
+            **private,
+            **latest,
+            **raw,
         )
-        bg_mode.change(
-            show_background_controls, bg_mode, [bg_color, blur, bg_image], api_visibility="private", queue=False
-        )
+        bg_mode.change(show_background_controls, bg_mode, [bg_color, blur, bg_image], queue=False, **private)
+        api = {"api_name": SEGMENT_API_NAME, "api_visibility": "public", "api_description": segment_api.__doc__}
         api_btn.click(
-            partial(segment_api, segment, cache),
-            [photo, threshold],
-            [mask_out, cutout_out],
-            api_name=SEGMENT_API_NAME,
-            api_visibility="public",
-            concurrency_id="model",
-            api_description=segment_api.__doc__,
-            preprocess=False,
+            partial(segment_api, segment, cache), [photo, threshold], [mask_out, cutout_out], **api, **model, **raw
         )
-        batch_btn.click(
-            partial(segment_batch, segment, cache),
-            [batch_files, batch_threshold],
-            [batch_out, batch_table],
-            api_visibility="private",
-            concurrency_id="model",
-        )
+        run_batch_tab = partial(segment_batch, segment, cache)
+        batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **private, **model)
         if live_on:
+            live = {"stream_every": 0.2, "time_limit": 60}
             live_in.stream(
-                partial(segment_frame, segment),
-                [live_in, live_threshold],
-                live_out,
-                stream_every=0.2,
-                time_limit=60,
-                concurrency_id="model",
-                api_visibility="private",
+                partial(segment_frame, segment), [live_in, live_threshold], live_out, **live, **model, **private
             )
 
     return demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=64)
