@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,20 @@ def _shown(image: str, root: Path | None) -> str:
         return image
 
 
+def write_card_results(card: Path, table: str, argv: list[str] | None) -> None:
+    """Replace the ``## Results`` section of a model card with ``table`` and the command that printed it."""
+    text = card.read_text()
+    start = text.index("## Results\n")
+    end = text.find("\n## ", start + 1)
+    command = shlex.join(["python", "-m", "segmenter.evaluate", *(sys.argv[1:] if argv is None else argv)])
+    section = (
+        "## Results\n\nEvery split of every dataset, scored through the pipeline the Space serves (masks at each "
+        f"photo's original size, mean per photo; only the Human Segmentation test row is a held-out figure), from\n"
+        f"`{command}`:\n\n{table}\n"
+    )
+    card.write_text(text[:start] + section + (text[end:] if end != -1 else ""))
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -158,6 +173,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--upsample", choices=["guided", "bilinear"], default="guided", help="default: %(default)s")
     parser.add_argument("--csv", type=Path, default=None, help="also write per-image scores to this CSV file")
+    parser.add_argument(
+        "--card", action="store_true", help="with --all: put the table, and this command, in the weights' README.md"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -166,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.card and not (args.all and (Path(args.weights) / "README.md").is_file()):
+        parser.error("--card needs --all and a weights folder with a README.md (model card)")
     return args
 
 
@@ -210,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             print(format_report(means, rows, root=data if data.is_dir() else data.parent))
     if args.all:
         print(format_table(results))
+    if args.card:
+        write_card_results(Path(args.weights) / "README.md", format_table(results), argv)
+        print(f"\nmodel card updated: {Path(args.weights) / 'README.md'}")
     if args.csv is not None:
         write_csv(all_rows, args.csv)
         print(f"\nper-image scores: {args.csv}")

@@ -80,10 +80,13 @@ def tune_presence(seg: Segmenter, person_pairs: list[Pair], empty_pairs: list[Pa
     """
     from .data import load_pair
 
+    def scores(pairs: list[Pair]) -> list[float]:  # the model step alone, 8 photos at a time: no upsampling
+        chunks = (pairs[i : i + 8] for i in range(0, len(pairs), 8))
+        return [float(s) for chunk in chunks for s in seg.predict_low_res([load_pair(p)[0] for p in chunk])[1]]
+
     if seg.model.presence is None or not person_pairs:
         return {}
-    pos = [s.presence for s in seg.segment_batch([load_pair(p)[0] for p in person_pairs])]
-    neg = [s.presence for s in seg.segment_batch([load_pair(p)[0] for p in empty_pairs])] if empty_pairs else []
+    pos, neg = scores(person_pairs), scores(empty_pairs)
     lowest_pos, highest_neg = min(pos), max(neg, default=0.0)
     threshold = (lowest_pos + highest_neg) / 2 if highest_neg < lowest_pos else 0.9 * lowest_pos
     seg.cfg.presence_threshold = round(float(threshold), 4)
@@ -282,8 +285,9 @@ def export_run(
 
     save_pretrained(G, mcfg, out, half=half)
     seg = Segmenter.from_pretrained(out, device="cpu")
-    person_sets = [(n, p) for n, p in val_sets if not all_empty(p)]
-    empty_sets = [(n, p) for n, p in val_sets if all_empty(p)]
+    empty = [all_empty(pairs) for _, pairs in val_sets]  # decoded once per set
+    person_sets = [s for s, e in zip(val_sets, empty, strict=True) if not e]
+    empty_sets = [s for s, e in zip(val_sets, empty, strict=True) if e]
     if tune and person_sets:  # size and flip first: the presence scores depend on them
         seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p], max_size)
         seg.cfg.meta["presence_tuning"] = tune_presence(

@@ -109,10 +109,14 @@ class Segmenter:
             return self.model(x, with_presence=True)
         return self.model(x), None
 
-    @torch.inference_mode()
     def predict_low_res(self, images: Sequence[ImageLike]) -> tuple[np.ndarray, np.ndarray | None]:
         """Photos -> ((B, S, S) float32 probabilities at the model's input size, (B,) presence scores or None)."""
-        x = self.preprocess([as_pil(im) for im in images])
+        return self._low_res([as_pil(im) for im in images])
+
+    @torch.inference_mode()
+    def _low_res(self, photos: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """predict_low_res on photos already converted to upright RGB (each full-size photo is converted once)."""
+        x = self.preprocess(photos)
         if self.cfg.tta_flip:  # the photo and its mirror image in one batch, averaged
             y, logit = self.forward(torch.cat([x, x.flip(-1)]))
             y = (y[: len(x)] + y[len(x) :].flip(-1)) / 2  # (B,1,S,S) in [-1,1]
@@ -133,7 +137,7 @@ class Segmenter:
         pils = [as_pil(im) for im in images]
         if not pils:
             return []
-        low, presence = self.predict_low_res(pils)
+        low, presence = self._low_res(pils)
         return [
             finish(
                 pil,

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -103,7 +103,7 @@ class Segmentation:
     image: Image.Image  # the upright RGB photo
     probability: np.ndarray  # (H, W) uint8 person probability x 255, before presence gating
     presence: float | None  # probability that the photo shows a person (None: the model has no presence head)
-    presence_threshold: float
+    presence_threshold: float  # the model's
     options: Options
     threshold: float  # the threshold used (options.threshold or the model's)
     mask: Image.Image  # binary "L" 0/255
@@ -111,8 +111,8 @@ class Segmentation:
 
     @property
     def person_present(self) -> bool:
-        """False when the presence head says "no person" (and the mask is then empty), True otherwise."""
-        return self.presence is None or self.presence >= self.presence_threshold
+        """False when the presence head says "no person" and the gate is on (the mask is then empty), else True."""
+        return self.presence is None or not self.options.presence_gate or self.presence >= self.presence_threshold
 
     @property
     def share(self) -> float:
@@ -208,14 +208,9 @@ def finish(
         image=image,
         probability=probability,
         presence=presence,
-        presence_threshold=presence_threshold if options.presence_gate else 0.0,
+        presence_threshold=presence_threshold,
         options=options,
         threshold=threshold,
         mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
         alpha=Image.fromarray(to_uint8(alpha) if alpha.dtype != bool else alpha.view(np.uint8) * 255, "L"),
     )
-
-
-def with_defaults(options: Options | None, **overrides: object) -> Options:
-    """``options`` (or the defaults) with ``overrides`` that are not None."""
-    return replace(options or Options(), **{k: v for k, v in overrides.items() if v is not None})

@@ -92,3 +92,22 @@ def test_runs_as_a_module(dataset: Path, all_on: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "| mIoU |" in out.stdout and "Worst 5 by IoU" in out.stdout
+
+
+def test_all_splits_table_goes_into_the_model_card(tmp_path: Path, all_on: Path, capsys: pytest.CaptureFixture[str]):
+    root = tmp_path / "data"
+    csv_path = write_dataset(root / "people", [(40, 60), (50, 30), (33, 47)], ["train", "val", "test"])
+    csv_path.rename(csv_path.with_name("split.csv"))
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (weights / name).write_bytes((all_on / name).read_bytes())
+    (weights / "README.md").write_text("# card\n\n## Results\nold rows\n\n## Training\nkept\n")
+    argv = [str(weights), "--all", "--data-root", str(root), "--card", "--no-progress"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out.split("| dataset | split |", 1)[1].split("\n\nmodel card updated")[0]
+    card = (weights / "README.md").read_text()
+    assert "old rows" not in card and card.endswith("\n## Training\nkept\n")
+    assert f"`python -m segmenter.evaluate {' '.join(argv)}`" in card and table in card
+    rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| people")]
+    assert rows == ["train", "val"]  # test rows are read only for the published dataset
