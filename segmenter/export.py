@@ -132,6 +132,7 @@ Binary person masks from RGB photos. Input: an RGB photo resized to {input_size}
 it is >= {threshold}. {presence_note}
 Load it with `Segmenter.from_pretrained(<this folder or repo id>)` from this project's `segmenter` package;
 `Segmenter.segment(photo)` runs the whole pipeline the Space serves.
+Weights: `model.safetensors` ({dtype}), sha256 `{sha256}`.
 
 ## Results
 Scored through the served pipeline (guided upsampling, fill holes, presence gate), masks compared at each photo's
@@ -140,8 +141,6 @@ original size, mean per photo. Regenerate with `python -m segmenter.evaluate <th
 | dataset / split | photos | mIoU | Dice | boundary F | mean person share | reported no person |
 |---|---|---|---|---|---|---|
 {rows}
-
-Weights: `model.safetensors` ({dtype}), sha256 `{sha256}`.
 
 ## Training
 Training ID `{run_id}`, preset `{preset}`: `{command}`{resumed}.
