@@ -19,14 +19,11 @@ import logging
 import os
 import sys
 import time
-import uuid
 import warnings
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -35,10 +32,12 @@ from PIL import Image
 from segmenter.images import ImageError, load_image
 from segmenter.inference import Segmenter
 from segmenter.pipeline import Background, Options, Segmentation, finish
-from segmenter.server import Limits
-from segmenter.server.batch import CSV_COLUMNS, csv_text, run_batch
+from segmenter.server import Limits, Segment
+from segmenter.server.batch import CSV_COLUMNS, batch_files
 from segmenter.server.guard import UploadsOnly
 from segmenter.server.http_api import add_http_api
+from segmenter.server.live import live_webcam_status, segment_frame
+from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
 from segmenter.server.views import describe, model_card, preview, save_to_cache
 
 TITLE = "Person segmentation"
@@ -51,14 +50,16 @@ the threshold, clean the mask up or put the person on a new background, without 
 `POST /api/segment` (plain HTTP, returns a PNG).
 """
 
-MODEL_ID = os.getenv("SEGMENTER_MODEL", "weights/")
+DEFAULT_MODEL = "weights/"
+MODEL_ID = os.getenv("SEGMENTER_MODEL", DEFAULT_MODEL)
+README = Path(__file__).resolve().parent / "README.md"
+HUB_MODEL = (front_matter_models(README) or [None])[0]  # loaded through the Hub cache when weights/ is absent
 LIMITS = Limits(
     max_upload_bytes=int(float(os.getenv("MAX_UPLOAD_MB", "20")) * 2**20),
     max_pixels=int(os.getenv("MAX_PIXELS", "16000000")),
     max_batch=int(os.getenv("MAX_BATCH", "24")),
     concurrency=int(os.getenv("CONCURRENCY", "2")),
 )
-MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_BATCH = LIMITS.max_pixels, LIMITS.max_upload_bytes, LIMITS.max_batch
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
 TORCH_THREADS = int(os.getenv("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, LIMITS.concurrency)))))
@@ -66,12 +67,10 @@ LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or 
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
 SPACE_ID = os.getenv("SPACE_ID")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-LIVE_SIDE = 480  # webcam frames are shrunk to this before segmenting
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
-LIVE_MAX_SECONDS = 0.25  # LIVE_WEBCAM=auto: the model must be this fast on a frame
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
-TRAIN_COMMAND = "python train.py --preset cpu-robust --export-to weights/"
 SEGMENT_API_NAME = "segment"
+PRIVATE = {"api_visibility": "private"}
 EMPTY_MESSAGE = "Upload a photo, paste one, take a webcam snapshot or pick an example."
 CSS = """
 #stats { min-height: 3em; }
@@ -79,32 +78,14 @@ CSS = """
 """  # transparent pixels of cutouts show as a checkerboard
 
 # Decompression-bomb guard: PIL refuses images above the pixel cap instead of only warning.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = LIMITS.max_pixels
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 log = logging.getLogger("app")
-Segment = Callable[[Image.Image, Options], Segmentation]
 InputError = ImageError  # a user's mistake: shown as gr.Error, or answered with its HTTP status
 
 
-class MissingWeightsError(FileNotFoundError):
-    """No model.safetensors where the app looks for it (the message says how to get one)."""
-
-
 # ---------------------------------------------------------------- model
-
-
-def load_segmenter(model_id: str | Path = MODEL_ID) -> Segmenter:
-    """Load the generator once; a missing weights folder raises MissingWeightsError saying how to get one."""
-    path = Path(model_id)
-    if (path.is_dir() or str(model_id).rstrip("/") == "weights") and not (path / "model.safetensors").is_file():
-        raise MissingWeightsError(
-            f"No model weights: {path}/model.safetensors does not exist.\n"
-            f"Train and export a model with\n    {TRAIN_COMMAND}\n"
-            "or point SEGMENTER_MODEL at a weights folder, a .safetensors file or a Hub repo id, e.g.\n"
-            "    SEGMENTER_MODEL=runs/<run-id>/export python app.py"
-        )
-    return Segmenter.from_pretrained(model_id)
 
 
 def make_segment(seg: Segmenter) -> Segment:
@@ -237,23 +218,10 @@ def segment_batch(
         raise gr.Error("Add some photos first.")
     if len(paths) > LIMITS.max_batch:
         raise gr.Error(f"{len(paths)} photos: at most {LIMITS.max_batch} per batch.")
-    folder = Path(cache_dir) / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    rows = run_batch(
-        segment, [Path(p) for p in paths], Options(threshold), folder / "segmentation.zip", LIMITS, progress.tqdm
+    files, rows = batch_files(
+        segment, [Path(p) for p in paths], Options(threshold), Path(cache_dir), LIMITS, progress.tqdm
     )
-    (folder / "figures.csv").write_text(csv_text(rows))
-    return [str(folder / "segmentation.zip"), str(folder / "figures.csv")], [[r[c] for c in CSV_COLUMNS] for r in rows]
-
-
-def segment_frame(segment: Segment, frame: np.ndarray | None, threshold: float) -> np.ndarray | None:
-    """One webcam frame -> overlay, shrunk to LIVE_SIDE for speed, bilinear upsampling, no clean-up."""
-    if frame is None:
-        return None
-    image = Image.fromarray(frame).convert("RGB")
-    image.thumbnail((LIVE_SIDE, LIVE_SIDE), Image.BILINEAR)
-    result = segment(image, Options(threshold, fill_holes=False, feather_px=0, upsample="bilinear"))
-    return np.asarray(result.overlay())
+    return [str(f) for f in files], [[r[c] for c in CSV_COLUMNS] for r in rows]
 
 
 def show_background_controls(mode: str) -> tuple[gr.ColorPicker, gr.Slider, gr.Image]:
@@ -268,26 +236,14 @@ def show_background_controls(mode: str) -> tuple[gr.ColorPicker, gr.Slider, gr.I
 # ---------------------------------------------------------------- Gradio UI
 
 
-def live_webcam_status(seg: Segmenter, segment: Segment) -> tuple[bool, str]:
-    """Whether to offer the live webcam tab (LIVE_WEBCAM=auto: with CUDA, or when the CPU runs a frame fast)."""
-    if LIVE_WEBCAM in ("on", "off"):
-        return LIVE_WEBCAM == "on", f"{LIVE_WEBCAM} (LIVE_WEBCAM)"
-    if ZERO_GPU:
-        return False, "off on ZeroGPU (every frame would claim a GPU)"
-    if seg.device.type == "cuda":
-        return True, "on (CUDA)"
-    frame = np.full((LIVE_SIDE * 3 // 4, LIVE_SIDE, 3), 128, np.uint8)
-    segment_frame(segment, frame, seg.threshold)  # warm-up
-    start = time.perf_counter()
-    segment_frame(segment, frame, seg.threshold)
-    seconds = time.perf_counter() - start
-    on = seconds <= LIVE_MAX_SECONDS
-    return on, f"{'on' if on else 'off'}: a frame takes {seconds * 1000:.0f} ms on this CPU"
-
-
 def example_paths() -> list[str]:
     """The bundled example photos (examples/*.jpg|png|webp)."""
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def image_input(label: str, sources: list[str], **kwargs: object) -> gr.Image:
+    """A photo input handing the handlers its cached file (decoded once, by our capped loader)."""
+    return gr.Image(label=label, type="filepath", image_mode=None, sources=sources, **kwargs)
 
 
 def threshold_slider(defaults: Options, **kwargs: str) -> gr.Slider:
@@ -303,7 +259,7 @@ def png_output(label: str, mode: str) -> gr.Image:
 def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
     """The Gradio UI around one loaded model, queue configured; mount it (create_app) or ``.launch()`` it."""
     segment = segment or make_segment(seg)
-    live_on, live_note = live_webcam_status(seg, segment)
+    live_on, live_note = live_webcam_status(LIVE_WEBCAM, segment, seg.device, seg.threshold, ZERO_GPU)
     defaults = Options(threshold=seg.threshold)
 
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
@@ -312,15 +268,8 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
             with gr.Tab("Photo", id="photo"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        photo = gr.Image(
-                            label="Photo",
-                            type="filepath",
-                            image_mode=None,
-                            height=380,
-                            elem_id="photo",
-                            sources=["upload", "webcam", "clipboard"],
-                            webcam_options=gr.WebcamOptions(mirror=True),
-                        )
+                        sources, mirror = ["upload", "webcam", "clipboard"], gr.WebcamOptions(mirror=True)
+                        photo = image_input("Photo", sources, height=380, elem_id="photo", webcam_options=mirror)
                         run_btn = gr.Button("Segment", variant="primary", elem_id="run")
                         with gr.Accordion("Mask and background", open=True):
                             threshold = threshold_slider(defaults, info="Re-applied to the cached map: no model run")
@@ -335,23 +284,14 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                             feather_px = gr.Slider(0, 20, value=defaults.feather_px, step=1, label="Feather edge (px)")
                             bg_mode = gr.Radio(list(BACKGROUNDS), value="Transparent", label="Background")
                             bg_color = gr.ColorPicker("#00b140", label="Colour", visible=False)
+                            blur_label = "Blur strength (% of the photo's size)"
                             blur = gr.Slider(
-                                0.5,
-                                10,
-                                value=Background.blur_percent,
-                                step=0.5,
-                                visible=False,
-                                label="Blur strength (% of the photo's size)",
+                                0.5, 10, Background.blur_percent, step=0.5, label=blur_label, visible=False
                             )
-                            bg_image = gr.Image(
-                                label="Background image",
-                                type="filepath",
-                                image_mode=None,
-                                height=160,
-                                sources=["upload", "clipboard"],
-                                visible=False,
+                            bg_image = image_input(
+                                "Background image", ["upload", "clipboard"], height=160, visible=False
                             )
-                        gr.Examples(example_paths(), inputs=photo, api_visibility="private", examples_per_page=8)
+                        gr.Examples(example_paths(), inputs=photo, examples_per_page=8, **PRIVATE)
                     with gr.Column(scale=3):
                         stats = gr.Markdown(EMPTY_MESSAGE, elem_id="stats")
                         with gr.Row(equal_height=True):
@@ -391,14 +331,8 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                 with gr.Tab("Live webcam", id="live"):
                     gr.Markdown("Start the camera: each frame is segmented as it arrives (up to a minute per session).")
                     with gr.Row():
-                        live_in = gr.Image(
-                            label="Camera",
-                            sources=["webcam"],
-                            streaming=True,
-                            type="numpy",
-                            webcam_options=gr.WebcamOptions(mirror=True),
-                            elem_id="live-in",
-                        )
+                        camera = {"streaming": True, "type": "numpy", "webcam_options": mirror, "elem_id": "live-in"}
+                        live_in = gr.Image(label="Camera", sources=["webcam"], **camera)
                         live_out = gr.Image(label="Segmented", format="jpeg", elem_id="live-out")
                     live_threshold = threshold_slider(defaults)
 
@@ -408,14 +342,17 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
         cache = photo.GRADIO_CACHE
         settings = [threshold, keep_largest, fill, feather_px, gate, bg_mode, bg_color, blur, bg_image]
         outputs = [mask_out, cutout_out, overlay_out, before_after, composite_btn, stats]
-        private, model, latest = (
-            {"api_visibility": "private"},
-            {"concurrency_id": "model"},
-            {"trigger_mode": "always_last"},
+        # UI events: no API entry; a model call takes one of the model's slots; raw file payloads (one decode, our caps).
+        ui, model = {**PRIVATE, "preprocess": False}, {"concurrency_id": "model"}
+        gr.on(
+            [run_btn.click, photo.change],
+            partial(segment_photo, segment, cache),
+            [photo, *settings],
+            [*outputs, prob_state],
+            trigger_mode="always_last",
+            **ui,
+            **model,
         )
-        photo_events, raw = [run_btn.click, photo.change], {"preprocess": False}  # our caps and messages, one decode
-        run_photo = partial(segment_photo, segment, cache)
-        gr.on(photo_events, run_photo, [photo, *settings], [*outputs, prob_state], **private, **model, **latest, **raw)
         setting_events = [c.release for c in (threshold, feather_px, blur)]
         setting_events += [c.change for c in (keep_largest, fill, gate, bg_mode, bg_color, bg_image)]
         redo = partial(rerender, seg, cache)
@@ -425,22 +362,18 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
             [photo, prob_state, *settings],
             outputs,
             show_progress="minimal",
-            **private,
-            **latest,
-            **raw,
+            trigger_mode="always_last",
+            **ui,
         )
-        bg_mode.change(show_background_controls, bg_mode, [bg_color, blur, bg_image], queue=False, **private)
+        bg_mode.change(show_background_controls, bg_mode, [bg_color, blur, bg_image], queue=False, **PRIVATE)
         api = {"api_name": SEGMENT_API_NAME, "api_visibility": "public", "api_description": segment_api.__doc__}
-        api_btn.click(
-            partial(segment_api, segment, cache), [photo, threshold], [mask_out, cutout_out], **api, **model, **raw
-        )
+        api["preprocess"] = False
+        api_btn.click(partial(segment_api, segment, cache), [photo, threshold], [mask_out, cutout_out], **api, **model)
         run_batch_tab = partial(segment_batch, segment, cache)
-        batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **private, **model)
+        batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **PRIVATE, **model)
         if live_on:
-            live = {"stream_every": 0.2, "time_limit": 60}
-            live_in.stream(
-                partial(segment_frame, segment), [live_in, live_threshold], live_out, **live, **model, **private
-            )
+            live = {"stream_every": 0.2, "time_limit": 60, **PRIVATE, **model}
+            live_in.stream(partial(segment_frame, segment), [live_in, live_threshold], live_out, **live)
 
     return demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=64)
 
@@ -450,7 +383,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
 
 def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     """The whole server: FastAPI app with ``POST /api/segment`` and the Gradio UI + API mounted at ``/``."""
-    seg = load_segmenter(model_path)
+    seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None)
     segment = make_segment(seg)
     demo = build_demo(seg, segment)
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")

@@ -24,22 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
 import psutil
 import torch
-from common import (
-    Timing,
-    call_segment,
-    gradio_client,
-    jpeg_bytes,
-    markdown_table,
-    ms,
-    print_machine,
-    running_app,
-    time_calls,
-    weights_for,
-    weights_label,
-    write_temp_jpeg,
-)
 
 from segmenter.images import as_pil
 from segmenter.inference import Segmenter
@@ -107,7 +94,7 @@ def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler
     lock = threading.Lock()
     remaining = [requests]
     done = [0]
-    pool_clients = [gradio_client(url, download=False) for _ in range(clients)]
+    pool_clients = [common.gradio_client(url, download=False) for _ in range(clients)]
 
     def worker(client: object) -> None:
         while True:
@@ -117,7 +104,7 @@ def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler
                 remaining[0] -= 1
             t0 = time.perf_counter()
             try:
-                call_segment(client, photo)
+                common.call_segment(client, photo)
                 ok, err = True, ""
             except Exception as e:  # any failure counts as an error of the app under load
                 ok, err = False, f"{type(e).__name__}: {e}"[:200]
@@ -139,11 +126,11 @@ def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler
     return result
 
 
-def model_time(weights: Path, rounds: int) -> Timing:
+def model_time(weights: Path, rounds: int) -> common.Timing:
     """The generator's batch-1 forward in this process (same torch threads as the app), on a real-size input."""
     seg = Segmenter.from_pretrained(weights, device="cpu")
     x = seg.preprocess([as_pil(torch.zeros(3, 480, 640, dtype=torch.uint8))])
-    return time_calls(lambda: seg.forward(x), rounds, warmup=2)
+    return common.time_calls(lambda: seg.forward(x), rounds, warmup=2)
 
 
 def mib(n: int) -> str:
@@ -174,18 +161,18 @@ def main(argv: list[str] | None = None) -> None:
         app_env["OMP_NUM_THREADS"] = str(args.app_threads)
     if args.quick:
         args.clients, args.per_client, args.requests = [1, 4], 2, 0
-    weights = weights_for("effnet_unet", override=args.weights)
-    print_machine("Serving: concurrent gradio_client clients against app.py")
+    weights = common.weights_for("effnet_unet", override=args.weights)
+    common.print_machine("Serving: concurrent common.gradio_client clients against app.py")
     print(
-        f"weights: {weights_label(weights)}; photo {args.mp:g} MP JPEG; endpoint /segment (mask + cutout PNGs); "
+        f"weights: {common.weights_label(weights)}; photo {args.mp:g} MP JPEG; endpoint /segment (mask + cutout PNGs); "
         f"app torch threads: {args.app_threads or 'default'}; extra app environment: {app_env or 'none'}\n"
     )
     model_before = model_time(weights, 10)
-    photo = write_temp_jpeg(jpeg_bytes(args.mp))
+    photo = common.write_temp_jpeg(common.jpeg_bytes(args.mp))
     loads: list[Load] = []
     soak_rows = []
     try:
-        with running_app(weights, env=app_env) as app, RssSampler(app.proc.pid) as rss:
+        with common.running_app(weights, env=app_env) as app, RssSampler(app.proc.pid) as rss:
             run_load(app.url, photo, 1, 2, rss)  # warm-up: first-request costs out of the way
             idle_rss = rss.rss()
             for clients in args.clients:
@@ -220,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     model_rate = 1 / model.p50
     rows = []
     for load in loads:
-        t = Timing(load.latencies) if load.latencies else None
+        t = common.Timing(load.latencies) if load.latencies else None
         rows.append(
             [
                 str(load.clients),
@@ -229,26 +216,36 @@ def main(argv: list[str] | None = None) -> None:
                 f"{load.wall:.1f}",
                 f"{load.throughput:.2f}",
                 f"{load.throughput / model_rate:.2f}x",
-                ms(t.p50) if t else "–",
-                ms(t.p95) if t else "–",
+                common.ms(t.p50) if t else "–",
+                common.ms(t.p95) if t else "–",
                 mib(load.peak_rss),
             ]
         )
     print(
-        f"model-bound rate: 1 / {ms(model.p50)} ms = {model_rate:.2f} img/s (batch-1 forward p50 in this process, "
-        f"the faster of before the app ({ms(model_before.p50)} ms) and after it ({ms(model_after.p50)} ms))\n"
+        f"model-bound rate: 1 / {common.ms(model.p50)} common.ms = {model_rate:.2f} img/s (batch-1 forward p50 in this process, "
+        f"the faster of before the app ({common.ms(model_before.p50)} common.ms) and after it ({common.ms(model_after.p50)} common.ms))\n"
     )
     print("### Concurrent clients (requests bounded per level)\n")
     print(
-        markdown_table(
-            ["clients", "ok", "errors", "wall s", "img/s", "vs model-bound", "p50 ms", "p95 ms", "server peak RSS MiB"],
+        common.markdown_table(
+            [
+                "clients",
+                "ok",
+                "errors",
+                "wall s",
+                "img/s",
+                "vs model-bound",
+                "p50 common.ms",
+                "p95 common.ms",
+                "server peak RSS MiB",
+            ],
             rows,
         )
     )
     if soak_rows:
         print("\n### Soak: server RSS\n")
         print(
-            markdown_table(
+            common.markdown_table(
                 [
                     "clients",
                     "requests",

@@ -30,11 +30,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def app_env(weights: Path | str, **overrides: str) -> dict[str, str]:
-    """The environment for ``python app.py``: offline, localhost only, no live-webcam probe, plus ``overrides``."""
+def app_env(weights: Path | str | None, **overrides: str) -> dict[str, str]:
+    """The environment for ``python app.py``: offline, localhost only, no live-webcam probe, plus ``overrides``.
+
+    ``weights`` None: no SEGMENTER_MODEL, the app's own default (``weights/``, else the front matter's model repo).
+    """
     env = {
-        **os.environ,
-        "SEGMENTER_MODEL": str(weights),
+        **{k: v for k, v in os.environ.items() if k != "SEGMENTER_MODEL"},
+        **({} if weights is None else {"SEGMENTER_MODEL": str(weights)}),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "HF_HUB_OFFLINE": "1",
@@ -82,8 +85,8 @@ class Served:
 
 
 @contextmanager
-def serve_app(weights: Path | str, log_dir: Path, **env: str) -> Iterator[Served]:
-    """Start ``python app.py`` with ``weights`` (and ``env`` overrides) and wait until it answers; stop it after.
+def serve_app(weights: Path | str | None, log_dir: Path, cwd: Path = ROOT, **env: str) -> Iterator[Served]:
+    """Start ``python app.py`` in ``cwd`` with ``weights`` (and ``env`` overrides), wait until it answers; stop it after.
 
     Stopping is a SIGTERM, so uvicorn shuts down gracefully (Gradio's cache clean-up runs), then a SIGKILL if it
     takes over 30 s.
@@ -92,7 +95,7 @@ def serve_app(weights: Path | str, log_dir: Path, **env: str) -> Iterator[Served
     log = log_dir / "server.log"
     env = app_env(weights, GRADIO_SERVER_PORT=str(port), **env)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     served = Served(f"http://127.0.0.1:{port}/", proc, log, env)
     try:
         deadline = time.monotonic() + START_TIMEOUT

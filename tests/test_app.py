@@ -23,6 +23,7 @@ from PIL import Image
 import app
 from segmenter import Segmenter
 from segmenter.pipeline import Options
+from segmenter.server.batch import run_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +109,7 @@ def test_http_segment_outputs(app_url: str, example_photo: Path, output: str | N
 
 def big_blank_png() -> bytes:
     """A tiny file that decodes to more pixels than MAX_PIXELS (a decompression bomb in miniature)."""
-    side = int(app.MAX_PIXELS**0.5) + 64
+    side = int(app.LIMITS.max_pixels**0.5) + 64
     buf = io.BytesIO()
     Image.new("1", (side, side)).save(buf, "PNG")
     return buf.getvalue()
@@ -135,7 +136,7 @@ def test_http_bad_input_gets_4xx_json_and_the_server_lives_on(
     content = {
         "truncated": photo[: len(photo) // 3],
         "bomb": big_blank_png(),
-        "oversized": b"\0" * (app.MAX_UPLOAD_BYTES + 2**17),
+        "oversized": b"\0" * (app.LIMITS.max_upload_bytes + 2**17),
     }.get(content, content)
     r = post_segment(app_url, content, name, **params)
     assert r.status_code == status, r.text
@@ -237,7 +238,7 @@ def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights
         Image.new("RGB", size, (200, 100, 50)).save(photos[-1])
     (tmp_path / "bad.png").write_text("not an image")
     seg = Segmenter.from_pretrained(tiny_weights, device="cpu")
-    rows = app.run_batch(seg.segment, [*photos, tmp_path / "bad.png"], Options(0.5), tmp_path / "out.zip", app.LIMITS)
+    rows = run_batch(seg.segment, [*photos, tmp_path / "bad.png"], Options(0.5), tmp_path / "out.zip", app.LIMITS)
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         names = set(zf.namelist())
         assert names == {

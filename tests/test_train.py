@@ -151,26 +151,27 @@ def assert_same_run(run: Path, reference: Path) -> None:
 def test_defaults_presets_and_overrides() -> None:
     assert train.parse_args([]) == train.TrainConfig()
     assert train.parse_args(["--epochs", "3"]) == dataclasses.replace(train.TrainConfig(), epochs=3)
-    # The preset of the shipped weights must not drift: a run of it is being reproduced.
-    assert train.PRESETS["cpu"] == {
-        "arch": "effnet_unet",
-        "epochs": 35,
-        "ndf": 32,
-        "aug": "strong",
-        "composite_p": 0.3,
-        "real_label": 0.9,
-        "lr_decay_every": 1,
-        "lr_decay_g": 0.95,
-        "lr_decay_d": 0.95,
-        "batch_size": 8,
-        "tune_inference": True,
-    }
     cpu = train.parse_args(["--preset", "cpu"])
     assert cpu == dataclasses.replace(train.TrainConfig(), preset="cpu", **train.PRESETS["cpu"])
     for argv in (["--preset", "cpu", "--epochs", "3"], ["--epochs", "3", "--preset", "cpu"]):
         assert train.parse_args(argv) == dataclasses.replace(cpu, epochs=3)
     flags = train.parse_args(["--no-amp", "--half"])
     assert (flags.amp, flags.half) == (False, True)
+
+
+# Each preset that made a model in weights/ must not drift from the run recorded in that model's config.json.
+REPRODUCED = {"cpu": "weights/hsd-lite0", "cpu-robust": "weights/robust-256"}
+
+
+@pytest.mark.parametrize("preset", sorted(REPRODUCED))
+def test_presets_match_the_runs_they_reproduce(preset: str) -> None:
+    recorded = json.loads((ROOT / REPRODUCED[preset] / "config.json").read_text())["meta"]["train_config"]
+    assert recorded["preset"] == preset
+    # init_from names the folder the starting model had when the run was made; it was shipped in weights/ then.
+    drift = {
+        k: (v, recorded.get(k)) for k, v in train.PRESETS[preset].items() if k != "init_from" and recorded.get(k) != v
+    }
+    assert drift == {}, f"--preset {preset} no longer reproduces {REPRODUCED[preset]}: (preset, recorded) {drift}"
 
 
 @pytest.mark.parametrize(

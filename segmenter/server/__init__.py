@@ -5,7 +5,14 @@ They take their limits as a :class:`Limits` value (the app reads the environment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from PIL import Image
+
+from ..pipeline import Options, Segmentation
+
+Segment = Callable[[Image.Image, Options], Segmentation]  # Segmenter.segment, or the app's wrapper of it
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from PIL import Image
-
 from ..images import ImageError, encode_png, load_image
-from ..pipeline import Options, Segmentation
-from . import Limits
+from ..pipeline import Options
+from . import Limits, Segment
 
 CSV_COLUMNS = ["file", "width", "height", "person_share", "person_present", "presence", "seconds", "note"]
 
 
 def run_batch(
-    segment: Callable[[Image.Image, Options], Segmentation],
+    segment: Segment,
     paths: list[Path],
     options: Options,
     zip_path: Path,
@@ -58,6 +57,22 @@ def run_batch(
             )
         zf.writestr("figures.csv", csv_text(rows))
     return rows
+
+
+def batch_files(
+    segment: Segment,
+    paths: list[Path],
+    options: Options,
+    cache_dir: Path,
+    limits: Limits,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> tuple[list[Path], list[dict]]:
+    """:func:`run_batch` into a new folder of ``cache_dir``: -> ([segmentation.zip, figures.csv], rows)."""
+    folder = cache_dir / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    rows = run_batch(segment, paths, options, folder / "segmentation.zip", limits, progress)
+    (folder / "figures.csv").write_text(csv_text(rows))
+    return [folder / "segmentation.zip", folder / "figures.csv"], rows
 
 
 def csv_text(rows: list[dict]) -> str:

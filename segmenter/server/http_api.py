@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..images import ImageError, encode_png, load_image
 from ..pipeline import Options, Segmentation
-from . import Limits
+from . import Limits, Segment
 from .guard import json_error, read_body, replay
 
 HTTP_OUTPUTS = ("cutout", "mask", "overlay")
 log = logging.getLogger("segmenter.server")
-Segment = Callable[[Image.Image, Options], Segmentation]
 
 
 def result_headers(result: Segmentation) -> dict[str, str]:
