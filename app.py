@@ -3,7 +3,8 @@
 ``python app.py`` serves the Gradio UI, its API (``/segment`` for gradio_client) and a plain HTTP endpoint
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
-id; default ``weights/``), MAX_UPLOAD_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, LIVE_WEBCAM (auto | on | off).
+id; default ``weights/``), MAX_UPLOAD_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, ENGINE (auto | onnx | torch | bf16) and
+LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
 """
@@ -36,7 +37,7 @@ from segmenter.server import Limits, Segment
 from segmenter.server.batch import CSV_COLUMNS, batch_files
 from segmenter.server.guard import UploadsOnly
 from segmenter.server.http_api import add_http_api
-from segmenter.server.live import live_webcam_status, segment_frame
+from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
 from segmenter.server.views import describe, model_card, preview, save_to_cache
 
@@ -63,6 +64,7 @@ LIMITS = Limits(
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
 TORCH_THREADS = int(os.getenv("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, LIMITS.concurrency)))))
+ENGINE = os.getenv("ENGINE", "auto").lower()  # auto: ONNX Runtime on a CPU when weights/model.onnx is there
 LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or when the CPU keeps up
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
 SPACE_ID = os.getenv("SPACE_ID")
@@ -372,7 +374,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
         run_batch_tab = partial(segment_batch, segment, cache)
         batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **PRIVATE, **model)
         if live_on:
-            live = {"stream_every": 0.2, "time_limit": 60, **PRIVATE, **model}
+            live = {"stream_every": 1 / LIVE_FPS, "time_limit": 60, **PRIVATE, **model}
             live_in.stream(partial(segment_frame, segment), [live_in, live_threshold], live_out, **live)
 
     return demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=64)
@@ -383,7 +385,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
 
 def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     """The whole server: FastAPI app with ``POST /api/segment`` and the Gradio UI + API mounted at ``/``."""
-    seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None)
+    seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None, ENGINE)
     segment = make_segment(seg)
     demo = build_demo(seg, segment)
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")

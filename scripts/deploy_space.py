@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP_FILES = ("app.py", "requirements.txt", "README.md", "LICENSE")
 PACKAGE_GLOB = "segmenter/**/*.py"
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-WEIGHT_FILES = ("weights/config.json", "weights/model.safetensors", "weights/README.md")
+WEIGHT_FILES = ("weights/config.json", "weights/model.safetensors", "weights/README.md", "weights/model.onnx")
 KEEP_ON_SPACE = (".gitattributes",)  # made by the Hub with the repo
 
 

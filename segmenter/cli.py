@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
-from .inference import Segmenter
+from .inference import ENGINES, Segmenter
 from .pipeline import Background, Options
 
 OUTPUTS = ("mask", "cutout", "overlay", "composite")
@@ -120,6 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help="model arithmetic (auto: the fastest here)")
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to do: {len(jobs)} photo(s), {len(jobs) - len(todo)} already done (--overwrite to redo)")
         return 1 if missing else 0
     try:
-        seg = Segmenter.from_pretrained(args.weights, device=args.device)
+        seg = Segmenter.from_pretrained(args.weights, device=args.device, engine=args.engine)
         options = Options(args.threshold, args.keep_largest, not args.no_fill_holes, args.feather)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

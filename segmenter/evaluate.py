@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
-from .inference import Segmenter
+from .inference import ENGINES, Segmenter
 from .metrics import METRICS, mean_scores, score
 from .pipeline import Options
 
@@ -177,6 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--card", action="store_true", help="with --all: put the table, and this command, in the weights' README.md"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="auto", help="model arithmetic (auto: what the Space uses)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if not jobs[0][2]:
                 raise ValueError(f"{args.data}: no images to evaluate")
-        seg = Segmenter.from_pretrained(args.weights, device=args.device)
+        seg = Segmenter.from_pretrained(args.weights, device=args.device, engine=args.engine)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
         f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, presence head "
         f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}, "
-        f"{seg.device}, {torch.get_num_threads()} threads"
+        f"{seg.device} {seg.engine}, {torch.get_num_threads()} threads"
     )
     print(
         f"threshold {seg.threshold if args.threshold is None else args.threshold:g}, {args.upsample} upsampling; "

@@ -3,13 +3,16 @@ inference tuning on val, and the Hub upload. train.py calls these; so can anyone
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -19,8 +22,9 @@ if TYPE_CHECKING:
     from .data import Pair
     from .inference import Segmenter
 
-WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
+WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, ONNX_NAME = "model.safetensors", "config.json", "README.md", "model.onnx"
 EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+OPTIONAL_FILES = (ONNX_NAME,)  # the ONNX Runtime engine's graph; its sha256 in config.json says it is current
 
 
 def sha256_file(path: str | Path) -> str:
@@ -44,8 +48,59 @@ def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)
     cfg.meta = {**cfg.meta, "sha256": sha256_file(weights), "dtype": "float16" if half else "float32"}
+    save_onnx(model, cfg, folder)
     cfg.save(folder / CONFIG_NAME)
     return folder
+
+
+class _Outputs(nn.Module):
+    """The generator with its presence logits as a second output (when it has a head): the graph ONNX records."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self.model, "presence", None) is not None:
+            return self.model(x, with_presence=True)
+        return self.model(x)
+
+
+def save_onnx(model: nn.Module, cfg: ModelConfig, folder: str | Path) -> Path | None:
+    """Write ``model.onnx`` (fp32; batch, height and width dynamic) and record its sha256 in ``cfg.meta``.
+
+    Needs the ``onnx`` package (torch's exporter uses it; a training-time dependency): without it nothing is written
+    and the ONNX Runtime engine is not offered for these weights. Returns the file, or None.
+    """
+    path = Path(folder) / ONNX_NAME
+    cfg.meta.pop("onnx_sha256", None)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        print(f"note: the onnx package is missing, so no {ONNX_NAME} (the ONNX Runtime engine) was written")
+        path.unlink(missing_ok=True)
+        return None
+    net = _Outputs(copy.deepcopy(model).float().cpu().eval())
+    with_presence = getattr(net.model, "presence", None) is not None
+    names = ["mask", "presence"] if with_presence else ["mask"]
+    axes = {"pixels": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 2: "height", 3: "width"}}
+    tmp = path.with_suffix(".tmp")
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        sample = torch.zeros(1, 3, cfg.input_size, cfg.input_size)
+        torch.onnx.export(
+            net,
+            (sample,),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["pixels"],
+            output_names=names,
+            dynamic_axes={**axes, "presence": {0: "batch"}} if with_presence else axes,
+        )
+    tmp.replace(path)
+    cfg.meta["onnx_sha256"] = sha256_file(path)
+    return path
 
 
 def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None = None) -> dict[str, Any]:
@@ -113,7 +168,7 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
         folder_path=str(folder),
         repo_id=repo_id,
         repo_type="model",
-        allow_patterns=list(EXPORT_FILES),
+        allow_patterns=[*EXPORT_FILES, *OPTIONAL_FILES],
         commit_message="Upload person-segmentation generator",
     )
     return str(getattr(info, "commit_url", info))
@@ -257,6 +312,12 @@ def copy_export(src: Path, dest: Path) -> None:
     for name in EXPORT_FILES:
         shutil.copyfile(src / name, staged / name)
         os.chmod(staged / name, 0o644)
+    for name in OPTIONAL_FILES:  # never leave an old model's graph beside new weights
+        if (src / name).is_file():
+            shutil.copyfile(src / name, staged / name)
+            os.chmod(staged / name, 0o644)
+        else:
+            (staged / name).unlink(missing_ok=True)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
@@ -306,3 +367,22 @@ def all_empty(pairs: list[Pair]) -> bool:
     from .data import load_pair
 
     return all(not (np.asarray(load_pair(p, 64)[1]) > 127).any() for p in pairs)
+
+
+def add_onnx(folder: str | Path) -> Path | None:
+    """Write ``model.onnx`` beside existing weights (checked against their sha256) and record it in config.json."""
+    from .inference import Segmenter
+
+    seg = Segmenter.from_pretrained(folder, device="cpu", engine="torch")
+    path = save_onnx(seg.model, seg.cfg, folder)
+    seg.cfg.save(Path(folder) / CONFIG_NAME)
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Add model.onnx (the ONNX Runtime engine) to exported weights.")
+    parser.add_argument("weights", type=Path, help="folder with config.json + model.safetensors")
+    written = add_onnx(parser.parse_args().weights)
+    print(f"wrote {written} (sha256 in config.json)" if written else "nothing written")

@@ -53,7 +53,11 @@ def to_uint8(prob: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Options:
-    """How a probability map becomes a mask. ``threshold=None``: the model's own (from its config.json)."""
+    """How a photo becomes a mask. ``None`` fields take the model's own setting (from its config.json).
+
+    ``input_size`` and ``flip`` set the model step (the side photos are resized to; also run the mirror image and
+    average): the live webcam trades a little accuracy for speed with them. The rest turns probabilities into a mask.
+    """
 
     threshold: float | None = None
     keep_largest: bool = False
@@ -61,6 +65,8 @@ class Options:
     feather_px: float = 2.0
     upsample: Upsample = "guided"
     presence_gate: bool = True  # an empty mask when the presence head says "no person"
+    input_size: int | None = None
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -69,6 +75,8 @@ class Options:
             raise ValueError(f"feather_px must be in [0, 100], got {self.feather_px}")
         if self.upsample not in ("guided", "bilinear"):
             raise ValueError(f"upsample must be 'guided' or 'bilinear', got {self.upsample!r}")
+        if self.input_size is not None and (self.input_size < 32 or self.input_size % 32):
+            raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size}")
 
 
 @dataclass(frozen=True)

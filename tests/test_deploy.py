@@ -44,7 +44,7 @@ def expected_files(weights: bool) -> set[str]:
     files |= {f for f in tracked("segmenter") if f.endswith(".py")}
     files |= {f for f in tracked("examples") if f.endswith((".jpg", ".png", ".webp"))}
     if weights:
-        files |= {"weights/config.json", "weights/model.safetensors", "weights/README.md"}
+        files |= {"weights/config.json", "weights/model.safetensors", "weights/README.md", "weights/model.onnx"}
     return files
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..export import WEIGHTS_NAME
-from ..inference import Segmenter
+from ..inference import Engine, Segmenter
 
 TRAIN_COMMAND = "python train.py --preset cpu-robust --export-to weights/"
 
@@ -28,7 +28,7 @@ def front_matter_models(readme: str | Path) -> list[str]:
     return [str(m) for m in models] if isinstance(models, list) else []
 
 
-def load_segmenter(model_id: str | Path, fallback_repo: str | None = None) -> Segmenter:
+def load_segmenter(model_id: str | Path, fallback_repo: str | None = None, engine: Engine = "auto") -> Segmenter:
     """Load the generator once: ``model_id`` (folder, .safetensors file or Hub repo id).
 
     When ``model_id`` is a folder without weights, ``fallback_repo`` (a Hub repo id) is loaded instead; without
@@ -40,7 +40,7 @@ def load_segmenter(model_id: str | Path, fallback_repo: str | None = None) -> Se
         hub_note = ""
         if fallback_repo:
             try:
-                return Segmenter.from_pretrained(fallback_repo)
+                return Segmenter.from_pretrained(fallback_repo, engine=engine)
             except Exception as e:  # offline without a cached copy, unknown repo, ...
                 hub_note = f" The model repo {fallback_repo} could not be loaded either: {str(e).splitlines()[0]}"
         raise MissingWeightsError(
@@ -49,4 +49,4 @@ def load_segmenter(model_id: str | Path, fallback_repo: str | None = None) -> Se
             "or point SEGMENTER_MODEL at a weights folder, a .safetensors file or a Hub repo id, e.g.\n"
             "    SEGMENTER_MODEL=runs/<run-id>/export python app.py"
         )
-    return Segmenter.from_pretrained(model_id)
+    return Segmenter.from_pretrained(model_id, engine=engine)

@@ -70,7 +70,7 @@ def model_card(seg: Segmenter, live_note: str, space_id: str | None = None, zero
         f"| Presence head | {'yes, threshold ' + format(seg.cfg.presence_threshold, '.3f') if info['presence_head'] else 'no'} |",
         f"| Weights sha256 | `{info.get('sha256', 'n/a')}` |",
         f"| Training run | `{info.get('run_id', 'n/a')}` |",
-        f"| Device | {seg.device.type}{' (ZeroGPU)' if zero_gpu else ''} |",
+        f"| Device, engine | {seg.device.type}{' (ZeroGPU)' if zero_gpu else ''}, {seg.engine} |",
         f"| Live webcam | {live_note} |",
     ]
     table = ["", "| dataset / split | mIoU | mean person share | reported no person |", "|---|---|---|---|", *rows]
