@@ -86,3 +86,39 @@ def test_webcam_snapshot_is_segmented(page, tmp_path: Path):
     assert shown_image(page, "cutout")
     page.wait_for_selector("#stats :text('person share')", timeout=30_000)
     page.screenshot(path=tmp_path / "webcam.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python app.py`` with the shipped weights and the live tab on (the in-process app_url has it off)."""
+    from served_app import serve_app
+
+    weights = Path(__file__).resolve().parent.parent / "weights"
+    if not (weights / "model.safetensors").is_file():
+        pytest.skip("no shipped weights")
+    with serve_app(weights, tmp_path_factory.mktemp("live"), LIVE_WEBCAM="on") as served:
+        yield served.url
+
+
+def test_live_webcam_streams_segmented_frames(browser, live_url: str, tmp_path: Path):
+    """The fake camera streams for a few seconds; count the distinct segmented frames the page actually shows."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    page = context.new_page()
+    page.goto(live_url)
+    page.get_by_role("tab", name="Live webcam").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.get_by_text("Record", exact=True).click()
+    page.evaluate(
+        """() => {
+            window.shown = new Set();
+            const note = () => { const i = document.querySelector('#live-out img'); if (i && i.src) shown.add(i.src); };
+            new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    seconds = 8
+    page.wait_for_timeout(seconds * 1000)
+    frames = page.evaluate("() => window.shown.size")
+    page.screenshot(path=tmp_path / "live.png", full_page=True)
+    context.close()
+    print(f"live webcam: {frames} segmented frames shown in {seconds} s ({frames / seconds:.1f} per second)")
+    assert frames >= 3  # a stream, not one snapshot: frame after frame comes back and is shown
