@@ -377,12 +377,3 @@ def add_onnx(folder: str | Path) -> Path | None:
     path = save_onnx(seg.model, seg.cfg, folder)
     seg.cfg.save(Path(folder) / CONFIG_NAME)
     return path
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Add model.onnx (the ONNX Runtime engine) to exported weights.")
-    parser.add_argument("weights", type=Path, help="folder with config.json + model.safetensors")
-    written = add_onnx(parser.parse_args().weights)
-    print(f"wrote {written} (sha256 in config.json)" if written else "nothing written")

@@ -127,3 +127,17 @@ def test_bf16_stays_close_but_below_the_bar_auto_needs() -> None:
     """Measured: up to 0.45 apart on single pixels, masks agree on 99.886%: below issue 13's 99.9%, so opt-in only."""
     worst, agreement = compare_on_test_photos("bf16")
     assert worst <= 0.6 and agreement >= 0.998
+
+
+def test_add_onnx_gives_older_weights_the_engine(tiny_weights: Path, tmp_path: Path) -> None:
+    from segmenter import add_onnx
+
+    older = tmp_path / "older"
+    shutil.copytree(tiny_weights, older)
+    (older / ONNX_NAME).unlink()
+    cfg = json.loads((older / "config.json").read_text())
+    del cfg["meta"]["onnx_sha256"]
+    (older / "config.json").write_text(json.dumps(cfg))
+    assert Segmenter.from_pretrained(older, device="cpu").engine == "torch"
+    add_onnx.main([str(older)])
+    assert Segmenter.from_pretrained(older, device="cpu").engine == "onnx"
