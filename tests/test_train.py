@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import fnmatch
+import importlib.util
 import json
 import os
 import random
@@ -32,7 +33,7 @@ from safetensors.torch import load_file
 from train_helpers import ROOT, SPLITS, assert_same_tensors, checkpoint, make_dataset, only_run, tiny_args
 
 import train
-from segmenter.export import write_card
+from segmenter.export import OPTIONAL_FILES, write_card
 from segmenter.inference import Segmenter, sha256_file
 from segmenter.model import build_generator
 
@@ -498,7 +499,7 @@ def test_push_to_hub_sends_the_export_and_never_the_token(
         "model",
         run / "export",
     )
-    assert sorted(hub.sent) == sorted(train.EXPORT_FILES)
+    assert sorted(hub.sent) == exported_files(run)
     assert json.loads(hub.sent["config.json"])["meta"]["sha256"] == sha256_file(run / "export/model.safetensors")
     assert f"Training ID `{run.name}`" in hub.sent["README.md"].decode()
     output = capsys.readouterr()
@@ -506,6 +507,13 @@ def test_push_to_hub_sends_the_export_and_never_the_token(
     leaks = [p for p in run.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     leaks += [name for name, body in hub.sent.items() if TOKEN.encode() in body]
     assert leaks == [] and TOKEN not in output.out + output.err
+
+
+def exported_files(run: Path) -> list[str]:
+    """What a push must send: the export's required files and the optional ones it holds (model.onnx)."""
+    optional = [name for name in OPTIONAL_FILES if (run / "export" / name).is_file()]
+    assert optional == list(OPTIONAL_FILES) or importlib.util.find_spec("onnx") is None  # the graph when onnx is there
+    return sorted([*train.EXPORT_FILES, *optional])
 
 
 def test_a_failed_push_is_retried_with_resume(
@@ -517,7 +525,7 @@ def test_a_failed_push_is_retried_with_resume(
     assert f"retry with: python train.py --resume {run} --push-to-hub user/repo" in capsys.readouterr().err
     hub = FakeHub(monkeypatch)
     assert run_main(["--resume", str(run), "--push-to-hub", "user/repo"]) == 0
-    assert sorted(hub.sent) == sorted(train.EXPORT_FILES)
+    assert sorted(hub.sent) == exported_files(run)
     assert len(records(run)) == 1  # nothing retrained
 
 
