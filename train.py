@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from segmenter.config import ModelConfig
 from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, SegmentationDataset, load_pairs, parse_sources
 from segmenter.export import EXPORT_FILES, copy_export, export_run, push_to_hub, write_card  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
-from segmenter.model import build_discriminator, build_generator, load_lite0_imagenet
+from segmenter.model import build_discriminator, build_generator, load_lite_imagenet
 from segmenter.pipeline import binarize
 
 
@@ -57,6 +57,7 @@ class TrainConfig:
     data_root: str = str(DATA_ROOT)
     epoch_samples: int = 0  # samples drawn per epoch from the mix; 0: the number of training photos
     arch: str = "pix2pix_unet"
+    encoder: str = "lite0"
     ngf: int = 64
     ndf: int = 64
     pretrained: bool = True
@@ -108,6 +109,7 @@ HELP: dict[str, str] = {
     "data_root": "folder that --datasets and --val-datasets names are relative to",
     "epoch_samples": "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos",
     "arch": "generator",
+    "encoder": "effnet_unet: the ImageNet-pretrained encoder, EfficientNet-Lite0 or the wider Lite2",
     "ngf": "pix2pix_unet: width of the first generator layer",
     "ndf": "PatchGAN discriminator: width of the first layer",
     "pretrained": "effnet_unet: start the encoder from ImageNet weights",
@@ -148,6 +150,7 @@ HELP: dict[str, str] = {
 }
 CHOICES: dict[str, list[str]] = {
     "arch": ["pix2pix_unet", "effnet_unet"],
+    "encoder": ["lite0", "lite2"],
     "aug": ["pix2pix", "strong", "robust"],
     "device": ["auto", "cpu", "cuda"],
 }
@@ -279,6 +282,7 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     num_downs = cfg.size.bit_length() - 1 if cfg.arch == "pix2pix_unet" else ModelConfig.num_downs
     return ModelConfig(
         arch=cfg.arch,
+        encoder=cfg.encoder,  # type: ignore[arg-type]
         ngf=cfg.ngf,
         num_downs=num_downs,
         input_size=cfg.size,  # type: ignore[arg-type]
@@ -774,7 +778,7 @@ def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
     if cfg.init_from and ckpt is None:
         init_generator(G, cfg.init_from)
     elif cfg.arch == "effnet_unet" and cfg.pretrained and ckpt is None:
-        load_lite0_imagenet(G.encoder)
+        load_lite_imagenet(G.encoder)
     run.D = D = build_discriminator(in_channels=4, ndf=cfg.ndf).to(device)
     run.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     run.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))

@@ -16,7 +16,7 @@ class ModelConfig:
     """Everything needed to rebuild a generator and feed it.
 
     ``arch`` picks the generator: ``pix2pix_unet`` is the original U-Net-256 (``ngf`` and ``num_downs``
-    apply), ``effnet_unet`` is the transfer-learning U-Net with an EfficientNet-Lite0 encoder.
+    apply), ``effnet_unet`` is the transfer-learning U-Net with an EfficientNet-Lite encoder (``encoder``: lite0, lite2).
     ``input_size`` is the side photos are resized to for inference (training used ``meta.train_config.size``; the
     generators are fully convolutional, and export may pick another size on val).
     Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
@@ -37,6 +37,7 @@ class ModelConfig:
     threshold: float = 0.5
     tta_flip: bool = False  # also run the mirrored photo and average (chosen on val at export)
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    encoder: Literal["lite0", "lite2"] = "lite0"  # effnet_unet: EfficientNet-Lite0 (shipped) or the wider Lite2
     presence_head: bool = False  # effnet_unet: a small head on the deepest features says "a person is in the photo"
     presence_threshold: float = 0.5  # presence probability below this: "no person", empty mask (chosen on val)
     # Provenance, filled in at export: sha256 of model.safetensors, val/test metrics, training run.
@@ -45,6 +46,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ("pix2pix_unet", "effnet_unet"):
             raise ValueError(f"arch must be pix2pix_unet or effnet_unet, got {self.arch!r}")
+        if self.encoder not in ("lite0", "lite2"):
+            raise ValueError(f"encoder must be lite0 or lite2, got {self.encoder!r}")
         if not isinstance(self.input_size, int) or self.input_size < 32 or self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size!r}")
         for name in ("threshold", "presence_threshold"):

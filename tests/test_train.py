@@ -216,6 +216,13 @@ def test_model_config_fits_the_unet_to_the_size() -> None:
     assert train.model_config(train.parse_args(["--preset", "cpu"])).num_downs == 8  # unused by effnet_unet
 
 
+def test_encoder_option_reaches_the_model_config() -> None:
+    assert train.model_config(train.parse_args(["--preset", "cpu-robust"])).encoder == "lite0"
+    mcfg = train.model_config(train.parse_args(["--preset", "cpu-robust", "--encoder", "lite2", "--init-from", ""]))
+    assert mcfg.encoder == "lite2"
+    assert build_generator(mcfg).encoder.skip_channels[-1] == 352  # Lite2's deepest features
+
+
 def test_resume_config_keeps_the_run_and_allows_only_safe_changes() -> None:
     saved = dataclasses.asdict(train.TrainConfig(run_id="r", epochs=2, lr=1e-3, batch_size=4, device="cuda", threads=8))
     argv = ["--resume", "runs/r", "--epochs", "5", "--lr", "0.001", "--threads", "2", "--run-id", "r"]
