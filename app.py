@@ -39,7 +39,7 @@ from segmenter.server.guard import UploadsOnly
 from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
-from segmenter.server.views import describe, model_card, preview, save_to_cache
+from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_to_cache
 
 TITLE = "Person segmentation"
 DESCRIPTION = """\
@@ -142,20 +142,22 @@ def render(
         gr.Info("Upload a background image under the Background choice.")
         background = Background()
     stem = Path(path).stem
-    cutout = result.cutout()
-    final = cutout if background.mode == "transparent" else result.composite(background)
+    small = result.resized(PREVIEW_SIDE)  # view-only outputs are made at screen size, from one shrunk copy
+    transparent = background.mode == "transparent"
     download = (
         gr.DownloadButton(visible=False)
-        if final is cutout
-        else gr.DownloadButton(value=save_to_cache(final, cache_dir, f"{stem}-composite.jpg"), visible=True)
+        if transparent
+        else gr.DownloadButton(
+            value=save_to_cache(result.composite(background), cache_dir, f"{stem}-composite.jpg"), visible=True
+        )
     )
     if notify and result.warning:
         gr.Warning(result.warning)
     return (
-        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
-        save_to_cache(cutout, cache_dir, f"{stem}-cutout.png"),
-        preview(result.overlay()),
-        (preview(result.image), preview(final)),
+        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),  # full size: these two are the downloads
+        save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"),
+        small.overlay(),
+        (small.image, small.cutout() if transparent else small.composite(background)),
         download,
         describe(result, time.perf_counter() - start),
     )

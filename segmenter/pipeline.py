@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -173,6 +174,23 @@ class Segmentation:
         if output == "composite":
             return self.composite(background or Background())
         raise ValueError(f"output must be mask, cutout, overlay or composite, got {output!r}")
+
+    def resized(self, max_side: int) -> Segmentation:
+        """A copy whose photo, maps and masks fit in ``max_side`` pixels (itself when they already do): screen
+        previews of the overlay and composites cost a fraction of full-size ones (the blur scales with the photo)."""
+        w, h = self.image.size
+        scale = max_side / max(w, h)
+        if scale >= 1.0:
+            return self
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        prob = Image.fromarray(self.probability).resize(size, Image.BILINEAR, reducing_gap=2.0)
+        return dataclasses.replace(
+            self,
+            image=self.image.resize(size, Image.BILINEAR, reducing_gap=2.0),
+            probability=np.asarray(prob),
+            mask=self.mask.resize(size, Image.NEAREST),
+            alpha=self.alpha.resize(size, Image.BILINEAR, reducing_gap=2.0),
+        )
 
     def with_options(self, options: Options, default_threshold: float | None = None) -> Segmentation:
         """The same prediction finished with other options (no model run); ``upsample`` cannot change here."""

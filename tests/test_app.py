@@ -231,6 +231,26 @@ def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, ti
     assert len(skipped) == 6
 
 
+def test_views_are_screen_sized_and_downloads_full_size(tmp_path: Path, tiny_weights: Path):
+    seg = Segmenter.from_pretrained(tiny_weights, device="cpu")
+    seg.model = None  # rendering never runs the model
+    big = (app.PREVIEW_SIDE * 2 + 10, 700)
+    image_path = tmp_path / "big.png"
+    Image.new("RGB", big, (90, 120, 150)).save(image_path)
+    prob = np.tile(np.linspace(0, 255, big[0]).astype(np.uint8), (big[1], 1))  # left 0 ... right 255
+    photo = {"path": str(image_path)}
+    settings = (0.5, False, True, 2.0, True, "Colour", "#00ff00", 2.0, None)
+    mask, cutout, overlay, (before, after), composite_btn, _ = app.rerender(
+        seg, str(tmp_path), photo, (prob, None), *settings
+    )
+    assert Image.open(mask).size == Image.open(cutout).size == Image.open(composite_btn.value["path"]).size == big
+    for view in (overlay, before, after):
+        assert max(view.size) == app.PREVIEW_SIDE and view.size[1] == round(700 / 2 * app.PREVIEW_SIDE / 1605)
+    # The preview shows what the download holds: the same mask edge, shrunk.
+    share = (np.asarray(after)[..., 1] > 200).mean()  # green background on the left half
+    assert share == pytest.approx((np.asarray(Image.open(mask)) == 0).mean(), abs=0.01)
+
+
 def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights: Path):
     photos = []
     for i, size in enumerate([(50, 40), (33, 71)]):

@@ -122,3 +122,18 @@ def test_copy_paste_puts_the_donor_person_in_and_merges_masks() -> None:
     bright = image[0] > 127  # the donor's person is light on a dark background: pixels and label agree
     assert (bright == pasted)[10:, 10:].float().mean() > 0.97
     assert set(merged.unique().tolist()) <= {0, 255}
+
+
+def test_resized_shrinks_every_map_and_keeps_what_it_shows(tmp_path: Path) -> None:
+    image = Image.fromarray(noise_photo(200, 300))  # 300 x 200 px
+    prob = np.tile(np.linspace(0, 255, 300).astype(np.uint8), (200, 1))
+    full = finish(image, prob, 0.9, Options(feather_px=3), 0.5, 0.5)
+    small = full.resized(150)
+    assert small.image.size == small.mask.size == small.alpha.size == (150, 100)
+    assert small.probability.shape == (100, 150) and small.probability.dtype == np.uint8
+    assert set(np.unique(np.asarray(small.mask))) <= {0, 255}  # still a binary mask
+    assert small.share == pytest.approx(full.share, abs=0.01)
+    assert (small.presence, small.threshold, small.options) == (full.presence, full.threshold, full.options)
+    assert full.resized(300) is full and full.resized(1000) is full  # already fits: no copy
+    blurred = small.composite(Background("blur", blur_percent=5))
+    assert blurred.size == (150, 100)

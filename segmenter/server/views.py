@@ -25,13 +25,6 @@ def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
     return str(path)
 
 
-def preview(image: Image.Image) -> Image.Image:
-    """A copy no larger than PREVIEW_SIDE, for view-only outputs."""
-    small = image.copy()
-    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BILINEAR)
-    return small
-
-
 def describe(result: Segmentation, seconds: float) -> str:
     """Markdown status line: person found or not, share, presence score, time; the warning when nobody was found."""
     found = "**No person found**" if result.no_person else "**Person found**"
