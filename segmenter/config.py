@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,22 +45,45 @@ class ModelConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.arch not in ("pix2pix_unet", "effnet_unet"):
-            raise ValueError(f"arch must be pix2pix_unet or effnet_unet, got {self.arch!r}")
-        if self.encoder not in ("lite0", "lite2"):
-            raise ValueError(f"encoder must be lite0 or lite2, got {self.encoder!r}")
-        if not isinstance(self.input_size, int) or self.input_size < 32 or self.input_size % 32:
+        """Every value checked, the offending key named: a bad config.json fails on load, not on the first photo."""
+        choices = {
+            "arch": ("pix2pix_unet", "effnet_unet"),
+            "encoder": ("lite0", "lite2"),
+            "norm": ("batch", "instance"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        ranges = {"in_channels": (3, 3), "out_channels": (1, 1), "ngf": (1, 1024), "num_downs": (5, 12)}
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if not _is_int(value) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        if not _is_int(self.input_size) or self.input_size < 32 or self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size!r}")
         for name in ("threshold", "presence_threshold"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        for name in ("dropout", "tta_flip", "presence_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, positive in (("mean", False), ("std", True)):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(_is_number(v) and (v > 0 if positive else True) for v in value):
+                raise ValueError(f"{name} must be 3 {'positive ' if positive else ''}numbers, got {value!r}")
+        if len(self.decoder_channels) != 5 or not all(_is_int(c) and c > 0 for c in self.decoder_channels):
+            raise ValueError(f"decoder_channels must be 5 positive integers, got {self.decoder_channels!r}")
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"meta must be an object, got {self.meta!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config is a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -67,6 +91,8 @@ class ModelConfig:
         d = dict(d)
         for key in ("mean", "std", "decoder_channels"):
             if key in d:
+                if not isinstance(d[key], list | tuple):
+                    raise ValueError(f"{key} must be a list, got {d[key]!r}")
                 d[key] = tuple(d[key])
         return cls(**d)
 
@@ -79,3 +105,11 @@ class ModelConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a valid model config: {e}") from e
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -161,15 +161,28 @@ class Segmenter:
         device: str | torch.device | None = None,
         revision: str | None = None,
         engine: Engine = "auto",
+        verify: bool = True,
     ) -> Segmenter:
         """Load from a folder with config.json + model.safetensors, a .safetensors file, or a Hub repo id.
 
-        When config.json records a sha256, the weights file must match it. ``engine``: ``onnx``, ``torch``,
-        ``bf16`` or ``auto`` (see :func:`pick_engine`); ``model.onnx`` is used only when its sha256 matches too.
+        The weights file must match the sha256 that config.json records. ``verify=False`` is the explicit opt-out
+        for weights without one (or without a config.json: then the default pix2pix_unet config); a recorded
+        sha256 is checked either way. ``engine``: ``onnx``, ``torch``, ``bf16`` or ``auto`` (see
+        :func:`pick_engine`); ``model.onnx`` is used only when its sha256 matches too.
         """
         weights, config = _resolve(path_or_repo_id, revision)
+        if config is None and verify:
+            raise FileNotFoundError(
+                f"{weights.parent}: no {CONFIG_NAME} beside {weights.name} (it records the architecture and the "
+                "weights' sha256); pass verify=False to load bare weights as the default pix2pix_unet"
+            )
         cfg = ModelConfig.load(config) if config is not None else ModelConfig()
         expected = cfg.meta.get("sha256")
+        if not expected and verify:
+            raise ValueError(
+                f"{config}: records no sha256 of {weights.name}, so the weights cannot be verified; "
+                "pass verify=False to load them anyway"
+            )
         if expected and sha256_file(weights) != expected:
             raise ValueError(
                 f"{weights}: sha256 does not match the one recorded in {config}; "

@@ -70,12 +70,57 @@ def test_truncated_weights_are_refused(tiny: Path, tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=rf"{weights}: sha256 does not match"):
         Segmenter.from_pretrained(folder)
-    # Without a recorded sha256 the safetensors reader catches it, and the message still names the file.
+    # Without a recorded sha256 (opted out) the safetensors reader catches it, and the message still names the file.
     cfg = json.loads((folder / CONFIG_NAME).read_text())
     del cfg["meta"]["sha256"]
     (folder / CONFIG_NAME).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=rf"{weights}: not a readable safetensors file"):
+        Segmenter.from_pretrained(folder, verify=False)
+
+
+def test_unverifiable_weights_are_refused_unless_the_caller_opts_out(tiny: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny, tmp_path / "w")
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    del cfg["meta"]["sha256"]
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"^{folder / CONFIG_NAME}: records no sha256 .* verify=False") as e:
         Segmenter.from_pretrained(folder)
+    assert "\n" not in str(e.value)
+    assert Segmenter.from_pretrained(folder, verify=False).cfg.ngf == cfg["ngf"]  # the explicit opt-out loads
+    (folder / CONFIG_NAME).unlink()
+    for path in (folder, folder / WEIGHTS_NAME):
+        with pytest.raises(FileNotFoundError, match=rf"^{folder}: no {CONFIG_NAME} beside {WEIGHTS_NAME}") as e:
+            Segmenter.from_pretrained(path)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300  # one line naming the missing file
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("input_size", 0),
+        ("input_size", 100),
+        ("threshold", 5),
+        ("presence_threshold", -0.1),
+        ("ngf", "64"),
+        ("num_downs", 2),
+        ("norm", "group"),
+        ("arch", "resnet"),
+        ("encoder", "lite9"),
+        ("dropout", "yes"),
+        ("std", [0.5, 0, 0.5]),
+        ("mean", 0.5),
+        ("decoder_channels", [16, 8]),
+        ("in_channels", 4),
+    ],
+)
+def test_every_config_value_is_validated_on_load(tiny: Path, tmp_path: Path, key: str, value: object) -> None:
+    folder = shutil.copytree(tiny, tmp_path / "w")
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    cfg[key] = value
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"{CONFIG_NAME}: not a valid model config: {key} must") as e:
+        Segmenter.from_pretrained(folder)
+    assert "\n" not in str(e.value)
 
 
 def test_weights_for_another_architecture_are_refused(tiny: Path, tmp_path: Path) -> None:
