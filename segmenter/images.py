@@ -10,8 +10,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-READABLE = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".avif", ".tif", ".tiff", ".gif"}
+READABLE = "JPEG, PNG, WebP, AVIF, BMP, TIFF or GIF"
+# The one allowlist of PIL decoders every entry point opens files with (JPEG includes phones' MPO files). Anything
+# else (EPS, which PIL renders through Ghostscript, PSD, ICO, ...) is refused before it is decoded.
+FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "BMP", "TIFF", "GIF")
+Image.init()  # register every decoder PIL has, so that Image.open(..., formats=FORMATS) finds the ones it names
 
 
 class ImageError(ValueError):
@@ -31,9 +35,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img.seek(0)
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(_to_uint8(np.asarray(img, dtype=np.float64), img.mode), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -43,11 +45,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float greyscale image -> uint8 by its scale: float 0-1, 8-bit or 16-bit values."""
+    if not np.isfinite(arr).all():
+        raise ValueError("the image holds NaN or infinite values")
+    top = float(arr.max()) if arr.size else 0.0
+    if float(arr.min(initial=0.0)) < 0 or top > 65535:
+        raise ValueError(f"{mode} image values outside 0-65535 (min {arr.min():g}, max {top:g}): no known scale")
+    peak = 1.0 if mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0
+    return np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open an image file fully, raising a ValueError that names the file when it is missing or unreadable."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:
             im.load()
             return im.copy() if getattr(im, "n_frames", 1) == 1 else _first_frame(im)
     except FileNotFoundError as e:
@@ -72,6 +85,11 @@ def is_image_file(path: Path) -> bool:
 def as_pil(image: ImageLike) -> Image.Image:
     """PIL (EXIF orientation applied), HxWx3 / HxW uint8 array or 3xHxW tensor (uint8, or float in [0,1]) -> RGB PIL."""
     if isinstance(image, Image.Image):
+        if image.format is not None and image.format not in FORMATS:  # opened from a file we do not decode
+            raise ValueError(
+                f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} "
+                f"({image.format} files are not accepted; send {READABLE})"
+            )
         try:
             return to_rgb(image)
         except (OSError, SyntaxError) as e:  # a lazily opened file that fails to decode: truncated, corrupt
@@ -83,7 +101,14 @@ def as_pil(image: ImageLike) -> Image.Image:
         if t.ndim != 3 or t.shape[0] not in (1, 3):
             raise ValueError(f"expected a 3xHxW (or 1xHxW) tensor, got shape {tuple(t.shape)}")
         if t.is_floating_point():
-            t = (t.clamp(0, 1) * 255).round()
+            if not torch.isfinite(t).all():
+                raise ValueError("the image tensor holds NaN or infinite values")
+            if t.numel() and (t.min() < 0 or t.max() > 1):
+                raise ValueError(
+                    f"float image tensors must be in [0, 1], got values from {t.min():g} to {t.max():g} "
+                    "(divide a 0-255 tensor by 255, or pass it as uint8)"
+                )
+            t = (t * 255).round()
         image = t.to(torch.uint8).permute(1, 2, 0).numpy()
     if isinstance(image, np.ndarray):
         arr = image
@@ -111,11 +136,14 @@ def load_image(source: str | Path | bytes, max_bytes: int, max_pixels: int) -> I
         raise ImageError(f"The file has {nbytes / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB.", 413)
     too_big = f"Images may have at most {max_pixels / 1e6:g} megapixels; please send a smaller one."
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as im:
             if im.width * im.height > max_pixels:
                 raise ImageError(f"The image has {im.width}x{im.height} pixels. {too_big}", 413)
             im.load()
-            return to_rgb(im)
+            try:
+                return to_rgb(im)
+            except ValueError as e:  # float pixels with NaN, or without a known scale
+                raise ImageError(f"The image cannot be used: {e}.", 415) from e
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -22,12 +22,13 @@ from PIL import Image
 
 from segmenter.config import ModelConfig
 
-Outcome = Literal["ok", "empty", "unreadable", "too_big"]
+Outcome = Literal["ok", "empty", "unreadable", "too_big", "unusable"]
 # What the app answers for each refusal: HTTP status and a fragment of the message (also the gr.Error text).
 REFUSALS: dict[str, tuple[int, str]] = {
     "empty": (400, "The file is empty"),
     "unreadable": (415, "not a readable image"),
     "too_big": (413, "megapixels"),
+    "unusable": (415, "cannot be used"),
 }
 H, W = 96, 64  # the photos' upright size (portrait)
 
@@ -115,7 +116,21 @@ def corpus(max_pixels: int) -> list[Case]:
         Case("rotated.jpg", exif_rotated(big_rgb), size=(512, 768), expected=big_mask),
         Case("photo.webp", encode(Image.fromarray(rgb), "WEBP", lossless=True), **ok, expected=mask),
         Case("no_person.jpg", encode(Image.new("RGB", (W, H), (BG, BG, BG)), "JPEG"), **ok, expected=nobody),
+        Case("float.tif", encode(Image.fromarray(grey.astype(np.float32) / 255, "F"), "TIFF"), **ok, expected=mask),
+        Case("nan.tif", encode(Image.fromarray(with_nan(grey), "F"), "TIFF"), "unusable", size=(W, H)),
+        Case("vector.eps", EPS, "unreadable"),  # PIL would render it through Ghostscript: never decoded
     ]
+
+
+# A minimal EPS file: PIL recognises the format (and would call Ghostscript to draw it).
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 96\n0 0 moveto 64 96 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def with_nan(grey: np.ndarray) -> np.ndarray:
+    """A float 0-1 greyscale copy with one NaN pixel."""
+    values = grey.astype(np.float32) / 255
+    values[0, 0] = np.nan
+    return values
 
 
 def valid_photo() -> bytes:

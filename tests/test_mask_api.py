@@ -133,3 +133,14 @@ def test_add_mask_multiplies_element_wise(all_on: Path, all_off: Path) -> None:
     assert torch.equal(out[:, :, :17], image[:, :, :17]) and not out[:, :, 17:].any()
     with pytest.raises(ValueError, match=r"\(3, 21, 34\).*\(1, 34, 21\)"):
         mask.addMask(image, half.transpose(1, 2))
+
+
+def test_float_tensors_must_be_on_the_0_1_scale(all_on: Path) -> None:
+    """A 0-255 float tensor was silently clamped (nearly all white); now it is refused with the fix in the message."""
+    photo = torch.from_numpy(noise_photo(21, 34)).permute(2, 0, 1).float()  # 0-255, not divided
+    mask.device, mask.modelPath = "cpu", all_on
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*divide a 0-255 tensor by 255"):
+        mask.getMask(photo)
+    with pytest.raises(ValueError, match="NaN"):
+        mask.getMask(torch.full((3, 8, 8), float("nan")))
+    assert mask.getMask(photo / 255).shape == (1, 21, 34)
