@@ -374,7 +374,9 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
         api["preprocess"] = False
         api_btn.click(partial(segment_api, segment, cache), [photo, threshold], [mask_out, cutout_out], **api, **model)
         run_batch_tab = partial(segment_batch, segment, cache)
-        batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **PRIVATE, **model)
+        # Batches queue among themselves, one at a time: a single photo never waits behind one (issue 15).
+        batches = {"concurrency_id": "batch", "concurrency_limit": 1}
+        batch_btn.click(run_batch_tab, [batch_files, batch_threshold], [batch_out, batch_table], **PRIVATE, **batches)
         if live_on:
             live = {"stream_every": 1 / LIVE_FPS, "time_limit": 60, **PRIVATE, **model}
             live_in.stream(partial(segment_frame, segment), [live_in, live_threshold], live_out, **live)

@@ -251,6 +251,16 @@ def test_views_are_screen_sized_and_downloads_full_size(tmp_path: Path, tiny_wei
     assert share == pytest.approx((np.asarray(Image.open(mask)) == 0).mean(), abs=0.01)
 
 
+def test_single_photos_never_queue_behind_a_batch(tiny_weights: Path):
+    """Batches have their own queue slot (one at a time); photos, the API and live frames share the model's."""
+    demo = app.build_demo(Segmenter.from_pretrained(tiny_weights, device="cpu"))
+    slots = {
+        getattr(fn.fn, "func", fn.fn).__name__: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values()
+    }
+    assert slots["segment_batch"] == ("batch", 1)
+    assert slots["segment_photo"][0] == slots["segment_api"][0] == "model" != slots["segment_batch"][0]
+
+
 def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights: Path):
     photos = []
     for i, size in enumerate([(50, 40), (33, 71)]):
