@@ -35,6 +35,7 @@ from segmenter.inference import Segmenter
 from segmenter.pipeline import Background, Options, Segmentation, finish
 from segmenter.server import Limits, Segment
 from segmenter.server.batch import CSV_COLUMNS, batch_files
+from segmenter.server.cache import CacheSweeper
 from segmenter.server.guard import UploadsOnly
 from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
@@ -69,6 +70,9 @@ LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or 
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
 SPACE_ID = os.getenv("SPACE_ID")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# Gradio's cache folder (uploads and results) stays under this size and age; the oldest files go first.
+CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
+CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
 SEGMENT_API_NAME = "segment"
@@ -113,6 +117,10 @@ def photo_path(payload: dict | None) -> str | None:
 
 
 def read_photo(path: str | Path) -> Image.Image:
+    if not Path(path).is_file():  # swept from the cache (CACHE_MAX_AGE_MIN) while the page stayed open
+        raise InputError(
+            f"This photo is no longer on the server (files are kept {CACHE_MAX_AGE_MIN:g} min); upload it again."
+        )
     return load_image(path, LIMITS.max_upload_bytes, LIMITS.max_pixels)
 
 
@@ -266,7 +274,8 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
     live_on, live_note = live_webcam_status(LIVE_WEBCAM, segment, seg.device, seg.threshold, ZERO_GPU)
     defaults = Options(threshold=seg.threshold)
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    max_age_s = round(CACHE_MAX_AGE_MIN * 60)
+    with gr.Blocks(title=TITLE, delete_cache=(max_age_s, max_age_s)) as demo:  # and CacheSweeper (create_app)
         gr.Markdown(DESCRIPTION)
         with gr.Tabs():
             with gr.Tab("Photo", id="photo"):
@@ -311,7 +320,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                             elem_id="before-after",
                         )
                         composite_btn = gr.DownloadButton("Download composite (full resolution)", visible=False)
-                prob_state = gr.State(None, time_to_live=3600)  # this session's (probability map, presence score)
+                prob_state = gr.State(None, time_to_live=max_age_s)  # this session's (probability map, presence score)
                 api_btn = gr.Button(visible=False)  # the trigger of the /segment API endpoint
 
             with gr.Tab("Batch", id="batch"):
@@ -395,6 +404,7 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     add_http_api(app, segment, LIMITS)
     app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE, max_bytes=LIMITS.max_upload_bytes)
+    app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, int(CACHE_MAX_MB * 2**20), CACHE_MAX_AGE_MIN * 60).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.
     return gr.mount_gradio_app(

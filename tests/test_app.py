@@ -195,6 +195,11 @@ def test_read_photo_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert e.value.status == 413
 
 
+def test_a_photo_swept_from_the_cache_asks_for_a_new_upload(tmp_path: Path):
+    with pytest.raises(app.InputError, match=r"no longer on the server .* upload it again"):
+        app.read_photo(tmp_path / "swept" / "photo.jpg")
+
+
 def test_read_photo_applies_exif_orientation(tmp_path: Path):
     photo = tmp_path / "rotated.jpg"
     exif = Image.Exif()

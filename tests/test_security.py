@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +28,7 @@ from served_app import Served, post_photo, serve_app, stop
 import app
 import segmenter.inference
 from segmenter.inference import Segmenter
+from segmenter.server.cache import Sweep, sweep
 
 MAX_UPLOAD_MB, MAX_PIXELS = 2, 1_000_000
 SECRET = "hf_tEsTsEcReT0123456789abcdefghijklmnop"
@@ -136,7 +138,50 @@ def test_gradio_caps_name_the_limit(server: Served, client: Client, tmp_path: Pa
 
 def test_delete_cache_is_configured(tiny_weights: Path) -> None:
     frequency, age = app.build_demo(Segmenter.from_pretrained(tiny_weights, device="cpu")).delete_cache
-    assert 0 < frequency <= 3600 and 0 < age <= 24 * 3600
+    assert 0 < frequency <= 3600 and 0 < age <= 3600  # minutes, not hours
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_sweep_drops_old_files_then_the_oldest_until_under_the_cap(tmp_path: Path) -> None:
+    now = time.time()
+    ages = {"a": 3600, "b": 300, "c": 200, "d": 100, "e": 0}  # seconds old; each file 1000 bytes
+    for name, age in ages.items():
+        path = tmp_path / name / "result.png"
+        path.parent.mkdir()
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - age, now - age))
+        os.utime(path.parent, (now - age - 120, now - age - 120))
+    (tmp_path / "fresh-empty").mkdir()  # just made for an upload: kept
+    done = sweep(tmp_path, max_bytes=2500, max_age_s=1800, now=now)
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.png")) == ["d", "e"]  # a: too old; b, c: over the cap
+    assert done == Sweep(removed=3, kept_bytes=2000) and folder_bytes(tmp_path) == 2000
+    # Folders emptied now (their mtime is now) and the fresh one wait out the grace period, then go.
+    assert sweep(tmp_path, max_bytes=2500, max_age_s=1800, now=now) == Sweep(0, 2000)
+    assert len(list(tmp_path.iterdir())) == 6
+    assert sweep(tmp_path, max_bytes=2500, max_age_s=1800, now=time.time() + 120) == Sweep(0, 2000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e"]
+
+
+def test_the_served_cache_stays_under_its_cap(tiny_weights: Path, tmp_path: Path) -> None:
+    """Results pile up in Gradio's cache with every gradio_client call; the app's sweeper holds it under CACHE_MAX_MB."""
+    env = {**server_env(tmp_path), "CACHE_MAX_MB": "0.5"}
+    photo = tmp_path / "noise.png"
+    photo.write_bytes(noise_png(300))
+    with serve_app(tiny_weights, tmp_path, **env) as served:
+        client = Client(served.url, verbose=False, download_files=False)
+        for _ in range(8):
+            client.predict(handle_file(photo), 0.5, api_name="/segment")
+        cache = Path(env["GRADIO_TEMP_DIR"])
+        grown = folder_bytes(cache)
+        assert grown > 2**20  # the premise: without a sweep the cache would be over the cap
+        deadline = time.monotonic() + 20
+        while folder_bytes(cache) > 0.5 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert folder_bytes(cache) <= 0.5 * 2**20, (grown, folder_bytes(cache))
+        client.predict(handle_file(photo), 0.5, api_name="/segment")  # and the app goes on serving
 
 
 def test_request_temp_files_do_not_accumulate(server: Served, client: Client, tmp_path: Path) -> None:
