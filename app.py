@@ -107,6 +107,12 @@ def make_segment(seg: Segmenter) -> Segment:
 # ---------------------------------------------------------------- images in, images out
 
 
+def user_error(message: str) -> gr.Error:
+    """A user's mistake: shown to them, logged as one line (Gradio would print a traceback for each)."""
+    log.info("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def photo_path(payload: dict | None) -> str | None:
     """The cached file of an image input's raw payload (events run with ``preprocess=False``: one decode, our caps)."""
     if payload is None:
@@ -182,7 +188,7 @@ def segment_photo(segment: Segment, cache_dir: str, photo: dict | None, *values:
         result = segment(read_photo(path), options)
         return (*render(cache_dir, path, result, background, start, notify=True), (result.probability, result.presence))
     except InputError as e:
-        raise gr.Error(str(e)) from e
+        raise user_error(str(e)) from None
 
 
 def rerender(seg: Segmenter, cache_dir: str, photo: dict | None, state: tuple | None, *values: object) -> tuple:
@@ -197,7 +203,7 @@ def rerender(seg: Segmenter, cache_dir: str, photo: dict | None, state: tuple | 
         result = finish(image, state[0], state[1], options, seg.threshold, seg.cfg.presence_threshold)
         return render(cache_dir, path, result, background, start)
     except InputError as e:
-        raise gr.Error(str(e)) from e
+        raise user_error(str(e)) from None
 
 
 def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold: float) -> tuple[str, str]:
@@ -213,7 +219,7 @@ def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold:
         path = photo_path(image)
         photo = read_photo(path)
     except InputError as e:
-        raise gr.Error(str(e)) from e
+        raise user_error(str(e)) from None
     result = segment(photo, Options(threshold))
     stem = Path(path).stem
     return (
@@ -227,9 +233,9 @@ def segment_batch(
 ) -> tuple[list[str], list[list]]:
     """Many photos -> ([ZIP of masks and cutouts, CSV of figures], the figures as table rows)."""
     if not paths:
-        raise gr.Error("Add some photos first.")
+        raise user_error("Add some photos first.")
     if len(paths) > LIMITS.max_batch:
-        raise gr.Error(f"{len(paths)} photos: at most {LIMITS.max_batch} per batch.")
+        raise user_error(f"{len(paths)} photos: at most {LIMITS.max_batch} per batch.")
     files, rows = batch_files(
         segment, [Path(p) for p in paths], Options(threshold), Path(cache_dir), LIMITS, progress.tqdm
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,17 @@ def test_gradio_client(client: Client, server: Served, valid: Path, case: Case, 
         with pytest.raises(AppError, match=re.escape(REFUSALS[case.outcome][1])):
             client.predict(upload, 0.5, api_name="/segment")
     assert_next_request_works(server, valid, client)
+
+
+def test_user_errors_log_one_line_without_a_traceback(client: Client, server: Served, tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.name == "text.png")
+    start = len(server.log.read_text())
+    with pytest.raises(AppError, match="not a readable image"):
+        client.predict(handle_file(case.write(tmp_path)), 0.5, api_name="/segment")
+    time.sleep(0.5)  # the server's log line follows its answer
+    logged = server.log.read_text()[start:]
+    assert "Traceback" not in logged, logged
+    assert logged.count("user error: The file is not a readable image") == 1, logged
 
 
 @pytest.fixture(scope="module")
