@@ -171,7 +171,13 @@ def render(
         save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),  # full size: these two are the downloads
         save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"),
         small.overlay(),
-        (small.image, small.cutout() if transparent else small.composite(background)),
+        # Before: the upload itself, which the browser already has (no encoding); after: a screen-sized WebP.
+        (
+            path,
+            save_to_cache(
+                small.cutout() if transparent else small.composite(background), cache_dir, f"{stem}-after.webp"
+            ),
+        ),
         download,
         describe(result, time.perf_counter() - start),
     )

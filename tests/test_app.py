@@ -249,10 +249,12 @@ def test_views_are_screen_sized_and_downloads_full_size(tmp_path: Path, tiny_wei
         seg, str(tmp_path), photo, (prob, None), *settings
     )
     assert Image.open(mask).size == Image.open(cutout).size == Image.open(composite_btn.value["path"]).size == big
-    for view in (overlay, before, after):
+    assert before == str(image_path)  # the upload itself: the browser has it already, nothing is re-encoded
+    after = Image.open(after)
+    for view in (overlay, after):
         assert max(view.size) == app.PREVIEW_SIDE and view.size[1] == round(700 / 2 * app.PREVIEW_SIDE / 1605)
     # The preview shows what the download holds: the same mask edge, shrunk.
-    share = (np.asarray(after)[..., 1] > 200).mean()  # green background on the left half
+    share = (np.asarray(after.convert("RGB"))[..., 1] > 200).mean()  # green background on the left half
     assert share == pytest.approx((np.asarray(Image.open(mask)) == 0).mean(), abs=0.01)
 
 

@@ -15,11 +15,13 @@ PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
 
 
 def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
-    """Write ``image`` (PNG, or JPEG for a .jpg name) into a new folder of Gradio's cache; returns its path."""
+    """Write ``image`` (PNG; JPEG for a .jpg name, WebP for .webp) into a new folder of Gradio's cache; its path."""
     path = Path(cache_dir) / uuid.uuid4().hex / name
     path.parent.mkdir(parents=True)
     if path.suffix == ".jpg":
         image.save(path, "JPEG", quality=92)
+    elif path.suffix == ".webp":  # screen previews: WebP keeps transparency; method 0 encodes ~2.5x faster
+        image.save(path, "WEBP", quality=85, method=0)
     else:
         path.write_bytes(encode_png(image))
     return str(path)
