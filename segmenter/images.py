@@ -85,17 +85,13 @@ def is_image_file(path: Path) -> bool:
 def as_pil(image: ImageLike) -> Image.Image:
     """PIL (EXIF orientation applied), HxWx3 / HxW uint8 array or 3xHxW tensor (uint8, or float in [0,1]) -> RGB PIL."""
     if isinstance(image, Image.Image):
+        name = getattr(image, "filename", "") or "(opened from memory)"
         if image.format is not None and image.format not in FORMATS:  # opened from a file we do not decode
-            raise ValueError(
-                f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} "
-                f"({image.format} files are not accepted; send {READABLE})"
-            )
+            raise ValueError(f"unreadable image: {name} ({image.format} files are not accepted; send {READABLE})")
         try:
             return to_rgb(image)
         except (OSError, SyntaxError) as e:  # a lazily opened file that fails to decode: truncated, corrupt
-            raise ValueError(
-                f"unreadable image: {getattr(image, 'filename', '') or '(opened from memory)'} ({e})"
-            ) from e
+            raise ValueError(f"unreadable image: {name} ({e})") from e
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):

@@ -229,10 +229,10 @@ class Segmenter:
         self, images: Sequence[ImageLike], options: Options | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Photos -> ((B, S, S) float32 probabilities at the model's input size, (B,) presence scores or None)."""
-        return self.low_res([as_pil(im) for im in images], options or Options())
+        return self._low_res([as_pil(im) for im in images], options or Options())
 
     @torch.inference_mode()
-    def low_res(self, photos: Sequence[Image.Image], options: Options) -> tuple[np.ndarray, np.ndarray | None]:
+    def _low_res(self, photos: Sequence[Image.Image], options: Options) -> tuple[np.ndarray, np.ndarray | None]:
         """predict_low_res on photos already converted to upright RGB (each full-size photo is converted once)."""
         x = self.preprocess(photos, options.input_size)
         if self.cfg.tta_flip if options.flip is None else options.flip:  # the photo and its mirror, averaged
@@ -255,28 +255,18 @@ class Segmenter:
         pils = [as_pil(im) for im in images]
         if not pils:
             return []
-        low, presence = self.low_res(pils, options)
+        low, presence = self._low_res(pils, options)
         return [
-            self.finish_low_res(pil, p, None if presence is None else float(presence[i]), options)
+            finish(
+                pil,
+                upsample(p, pil, options.upsample),
+                None if presence is None else float(presence[i]),
+                options,
+                self.threshold,
+                self.cfg.presence_threshold,
+            )
             for i, (pil, p) in enumerate(zip(pils, low, strict=True))
         ]
-
-    def finish_low_res(
-        self, photo: Image.Image, low: np.ndarray, presence: float | None, options: Options
-    ) -> Segmentation:
-        """The rest of the pipeline after the model: (S, S) probabilities of the upright RGB ``photo`` -> Segmentation.
-
-        ``segment_batch`` and the server's micro-batcher (which batches the model step of concurrent requests and
-        finishes each in its caller's thread) both end here.
-        """
-        return finish(
-            photo,
-            upsample(low, photo, options.upsample),
-            presence,
-            options,
-            self.threshold,
-            self.cfg.presence_threshold,
-        )
 
     def segment_many(
         self, images: Iterable[ImageLike], options: Options | None = None, batch_size: int = 8

@@ -7,6 +7,7 @@ LeakyReLU(0.2) down / ReLU up, dropout in the three innermost decoder blocks, ta
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -111,28 +112,35 @@ class PatchDiscriminator(nn.Module):
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite encoders
-# Block arguments per stage: (repeats, kernel, stride, expand ratio, in, out). Lite2 is Lite0 with widths x1.1
-# (rounded to multiples of 8) and depths x1.2 (rounded up), first and last stage kept, as in efficientnet_lite.
-LITE_STAGES: dict[str, list[tuple[int, int, int, int, int, int]]] = {
-    "lite0": [
-        (1, 3, 1, 1, 32, 16),
-        (2, 3, 2, 6, 16, 24),
-        (2, 5, 2, 6, 24, 40),
-        (3, 3, 2, 6, 40, 80),
-        (3, 5, 1, 6, 80, 112),
-        (4, 5, 2, 6, 112, 192),
-        (1, 3, 1, 6, 192, 320),
-    ],
-    "lite2": [
-        (1, 3, 1, 1, 32, 16),
-        (3, 3, 2, 6, 16, 24),
-        (3, 5, 2, 6, 24, 48),
-        (4, 3, 2, 6, 48, 88),
-        (4, 5, 1, 6, 88, 120),
-        (5, 5, 2, 6, 120, 208),
-        (1, 3, 1, 6, 208, 352),
-    ],
-}
+# Block arguments per stage: (repeats, kernel, stride, expand ratio, in, out).
+Stage = tuple[int, int, int, int, int, int]
+LITE0_STAGES: list[Stage] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+def scale_stages(stages: list[Stage], width: float, depth: float) -> list[Stage]:
+    """A larger Lite model, as efficientnet_lite builds it: widths x``width`` rounded to multiples of 8 (never
+    below 90%), repeats x``depth`` rounded up; the stem and the first and last stages' repeats are kept."""
+
+    def filters(c: int) -> int:
+        new = max(8, int(c * width + 4) // 8 * 8)
+        return new + 8 if new < 0.9 * c * width else new
+
+    last = len(stages) - 1
+    return [
+        (r if i in (0, last) else math.ceil(r * depth), k, s, e, cin if i == 0 else filters(cin), filters(cout))
+        for i, (r, k, s, e, cin, cout) in enumerate(stages)
+    ]
+
+
+LITE_STAGES: dict[str, list[Stage]] = {"lite0": LITE0_STAGES, "lite2": scale_stages(LITE0_STAGES, 1.1, 1.2)}
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
 
 
@@ -163,7 +171,7 @@ class MBConvBlock(nn.Module):
         return x + y if self.residual else y
 
 
-def skip_points(stages: list[tuple[int, int, int, int, int, int]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def skip_points(stages: list[Stage]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(block indices, channels) of the last block at each resolution: strides 2, 4, 8, 16, 32."""
     blocks, channels, end = [], [], -1
     for i, (repeats, _k, _s, _e, _cin, cout) in enumerate(stages):
