@@ -3,8 +3,8 @@
 ``python app.py`` serves the Gradio UI, its API (``/segment`` for gradio_client) and a plain HTTP endpoint
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
-id; default ``weights/``), MAX_UPLOAD_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, ENGINE (auto | onnx | torch | bf16) and
-LIVE_WEBCAM (auto | on | off).
+id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
+BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, ENGINE (auto | onnx | torch | bf16) and LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
 """
@@ -36,7 +36,7 @@ from segmenter.pipeline import Background, Options, Segmentation, finish
 from segmenter.server import Limits, Segment
 from segmenter.server.batch import CSV_COLUMNS, batch_files
 from segmenter.server.cache import CacheSweeper
-from segmenter.server.guard import UploadsOnly
+from segmenter.server.guard import BodyGuard, UploadsOnly
 from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
@@ -58,9 +58,12 @@ README = Path(__file__).resolve().parent / "README.md"
 HUB_MODEL = (front_matter_models(README) or [None])[0]  # loaded through the Hub cache when weights/ is absent
 LIMITS = Limits(
     max_upload_bytes=int(float(os.getenv("MAX_UPLOAD_MB", "20")) * 2**20),
+    max_request_bytes=int(float(os.getenv("MAX_REQUEST_MB", "100")) * 2**20),
     max_pixels=int(os.getenv("MAX_PIXELS", "16000000")),
     max_batch=int(os.getenv("MAX_BATCH", "24")),
     concurrency=int(os.getenv("CONCURRENCY", "2")),
+    body_timeout_s=float(os.getenv("BODY_TIMEOUT_S", "120")),
+    body_idle_s=float(os.getenv("BODY_IDLE_S", "20")),
 )
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
@@ -416,6 +419,13 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     add_http_api(app, segment, LIMITS)
     app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE, max_bytes=LIMITS.max_upload_bytes)
+    app.add_middleware(  # outermost: every body, including the ones UploadsOnly reads, arrives in time
+        BodyGuard,
+        deadline_s=LIMITS.body_timeout_s,
+        idle_s=LIMITS.body_idle_s,
+        upload_max_bytes=LIMITS.max_request_bytes,
+        upload_max_files=LIMITS.max_batch,
+    )
     app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, int(CACHE_MAX_MB * 2**20), CACHE_MAX_AGE_MIN * 60).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +30,10 @@ import app
 import segmenter.inference
 from segmenter.inference import Segmenter
 from segmenter.server.cache import Sweep, sweep
+from segmenter.server.guard import BodyGuard, PartCounter
 
-MAX_UPLOAD_MB, MAX_PIXELS = 2, 1_000_000
+MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS = 2, 3, 1_000_000
+BODY_TIMEOUT_S, BODY_IDLE_S = 6, 2
 SECRET = "hf_tEsTsEcReT0123456789abcdefghijklmnop"
 FILE_DATA = {"_type": "gradio.FileData"}
 
@@ -40,6 +43,9 @@ def server_env(tmp: Path) -> dict[str, str]:
     (tmp / "tmp").mkdir()
     return {
         "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+        "MAX_REQUEST_MB": str(MAX_REQUEST_MB),
+        "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "BODY_IDLE_S": str(BODY_IDLE_S),
         "MAX_PIXELS": str(MAX_PIXELS),
         "HF_TOKEN": SECRET,
         "GRADIO_TEMP_DIR": str(tmp / "cache"),
@@ -131,6 +137,101 @@ def test_gradio_caps_name_the_limit(server: Served, client: Client, tmp_path: Pa
         client.predict(handle_file(over_cap), 0.5, api_name="/segment")
     body = {"data": ["x" * (limit + 1)], "fn_index": 0, "session_hash": "s"}  # API requests are capped as well
     assert httpx.post(f"{server.url}gradio_api/queue/join", json=body, timeout=60).status_code == 413
+
+
+def test_uploads_are_capped_per_request_as_well_as_per_file(server: Served) -> None:
+    under_file_cap = b"\0" * int(0.75 * MAX_UPLOAD_MB * 2**20)  # 1.5 MB: each file is allowed ...
+    assert upload_status(server.url, under_file_cap) == 200
+    files = [("files", (f"{i}.png", under_file_cap)) for i in range(3)]  # ... three in one request are not
+    r = httpx.post(f"{server.url}gradio_api/upload", files=files, timeout=60)
+    assert r.status_code == 413 and f"{MAX_REQUEST_MB} MB per-request limit" in r.json()["error"], r.text
+    many = [("files", (f"{i}.png", b"x")) for i in range(app.LIMITS.max_batch + 1)]  # the Batch tab's cap + 1
+    r = httpx.post(f"{server.url}gradio_api/upload", files=many, timeout=60)
+    assert r.status_code == 413 and f"At most {app.LIMITS.max_batch} files" in r.json()["error"], r.text
+    assert httpx.post(f"{server.url}gradio_api/upload", files=many[1:], timeout=60).status_code == 200
+    assert server.alive()
+
+
+def start_body(url: str, path: str, length: int, first: bytes) -> socket.socket:
+    """A raw HTTP/1.1 multipart POST whose headers promise ``length`` body bytes, of which ``first`` are sent."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b0undary\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + first)
+    return sock
+
+
+def status_of(sock: socket.socket) -> int | None:
+    """The status code the server answers on ``sock`` (None: it closed without answering)."""
+    data = sock.recv(4096)
+    return int(data.split()[1]) if data.startswith(b"HTTP/1.1") else None
+
+
+PART = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+SLOW_ROUTES = ["api/segment", "gradio_api/upload", "gradio_api/queue/join"]
+
+
+@pytest.mark.parametrize("path", SLOW_ROUTES)
+def test_a_stalled_body_times_out(server: Served, path: str) -> None:
+    start = time.monotonic()
+    with start_body(server.url, path, 10_000, PART) as sock:  # then nothing more
+        assert status_of(sock) == 408
+    assert time.monotonic() - start < BODY_IDLE_S + 5
+    assert post_photo(server.url, valid_photo()).status_code == 200
+
+
+@pytest.mark.parametrize("path", SLOW_ROUTES)
+def test_a_trickling_body_times_out(server: Served, path: str) -> None:
+    """One byte per half second never pauses long enough for the idle limit, but the whole-body limit ends it."""
+    start = time.monotonic()
+    with start_body(server.url, path, 10_000, PART) as sock:
+        sock.settimeout(0.5)
+        answer = None
+        while answer is None and time.monotonic() - start < BODY_TIMEOUT_S + 10:
+            try:
+                answer = status_of(sock)
+            except TimeoutError:
+                sock.sendall(b"x")
+    assert answer == 408 and BODY_TIMEOUT_S - 1 < time.monotonic() - start < BODY_TIMEOUT_S + 5
+
+
+def test_aborted_uploads_log_one_line_each_without_a_traceback(server: Served) -> None:
+    start = len(server.log_text())
+    for path in ("api/segment", "gradio_api/upload", "api/segment", "gradio_api/upload"):
+        start_body(server.url, path, 1_000_000, PART + b"x" * 50_000).close()  # the client gives up mid-upload
+    time.sleep(1.0)
+    logged = server.log_text()[start:]
+    assert "Traceback" not in logged and "Exception in ASGI" not in logged, logged
+    assert logged.count("client went away") == 4, logged
+    assert post_photo(server.url, valid_photo()).status_code == 200
+
+
+def test_parts_are_counted_across_chunk_borders() -> None:
+    body = b"".join(b"--b0undary\r\nContent-Disposition: form-data\r\n\r\nabc\r\n" for _ in range(5)) + b"--b0undary--"
+    counter = PartCounter(b"--b0undary")
+    counts = [counter.feed(body[i : i + 7]) for i in range(0, len(body), 7)]  # delimiters split every way
+    assert counts[-1] == 5 and counts == sorted(counts)
+
+
+def test_body_guard_passes_unexpected_errors_on() -> None:
+    """Only failures caused by a client that left or was cut off are quiet; anything else reaches the server's log."""
+
+    async def broken(scope: dict, receive: object, send: object) -> None:
+        await receive()
+        raise RuntimeError("a bug")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    guard = BodyGuard(broken, deadline_s=5, idle_s=1, upload_max_bytes=100, upload_max_files=2)
+    with pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(guard({"type": "http", "method": "POST", "path": "/api/segment", "headers": []}, receive, send))
 
 
 # ---------------------------------------------------------------- temporary files

@@ -17,12 +17,16 @@ Segment = Callable[[Image.Image, Options], Segmentation]  # Segmenter.segment, o
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send: upload size, pixels per photo, photos per batch; model runs at a time."""
+    """What one request may send: upload size (per file and per request), pixels per photo, photos per batch, the
+    time its body may take; model runs at a time."""
 
-    max_upload_bytes: int = 20 * 2**20
+    max_upload_bytes: int = 20 * 2**20  # one file
+    max_request_bytes: int = 100 * 2**20  # one upload request (the Batch tab sends its photos in one)
     max_pixels: int = 16_000_000
     max_batch: int = 24
     concurrency: int = 2
+    body_timeout_s: float = 120.0  # the whole request body; 20 MB then needs about 1.4 Mbit/s
+    body_idle_s: float = 20.0  # the longest pause between two pieces of a body
 
     @property
     def max_upload_mb(self) -> float:
