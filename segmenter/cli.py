@@ -4,8 +4,13 @@
     python -m segmenter 'shots/**/*.jpg' a.png -o out/ --output mask --threshold 0.4
     person-segment photos/ -o out/ --output composite --background '#00b140'
 
-Sub-folders of an input folder are kept under OUTDIR; outputs that exist are skipped unless --overwrite.
-Photos are decoded by worker threads while the model runs. Exit code 1 when any photo could not be read.
+Sub-folders of an input folder are kept under OUTDIR; outputs that exist are skipped unless --overwrite. Each
+output is named after its photo with .png (a.jpg -> a.png); when two photos would share a name, the later one
+keeps its suffix too (a.tif -> a.tif.png). Files named on the command line are always tried, whatever their
+suffix; folders and globs take photos by suffix, including picture formats that are not read (PSD, SVG, EPS,
+HEIC, ...), which are then reported as failed rather than dropped unseen (other files, such as notes, are left
+alone). The content decides how a file is read, not its suffix. Photos are decoded by worker threads while the
+model runs. Exit code 1 when any photo could not be read.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .pipeline import Background, Options
 
 OUTPUTS = ("mask", "cutout", "overlay", "composite")
 MAX_BYTES, MAX_PIXELS = 200 * 2**20, 100_000_000  # generous: these are the user's own files
+# Pictures a folder or glob still picks although they are not read: reported as failed, never skipped silently.
+UNREAD_PICTURES = {".psd", ".psb", ".svg", ".svgz", ".eps", ".ps", ".ai", ".heic", ".heif", ".ico", ".jp2", ".jxl"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Job:
 def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
     """Files, folders (recursively) and globs -> (jobs with their output paths, inputs that matched nothing)."""
     jobs: dict[Path, Job] = {}
+    taken: set[Path] = set()
     missing = []
     for item in inputs:
         path = Path(item)
@@ -54,12 +62,24 @@ def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
         if not found:
             missing.append(item)
         for source, rel in found:
-            jobs.setdefault(source.resolve(), Job(source, (out_dir / rel).with_suffix(".png")))
+            if source.resolve() not in jobs:
+                jobs[source.resolve()] = job = Job(source, _target(out_dir / rel, taken))
+                taken.add(job.target)
     return list(jobs.values()), missing
 
 
+def _target(out: Path, taken: set[Path]) -> Path:
+    """``out`` with .png, or with its suffix kept (a.tif.png, then a.tif-2.png, ...) when that is taken."""
+    target, n = out.with_suffix(".png"), 1
+    while target in taken:
+        target = out.with_name(f"{out.name}.png" if n == 1 else f"{out.name}-{n}.png")
+        n += 1
+    return target
+
+
 def _is_photo(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    suffix = p.suffix.lower()
+    return p.is_file() and (suffix in IMAGE_SUFFIXES or suffix in UNREAD_PICTURES) and not p.name.startswith(".")
 
 
 def parse_background(value: str | None) -> Background:

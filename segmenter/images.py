@@ -57,7 +57,10 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image file fully, raising a ValueError that names the file when it is missing or unreadable."""
+    """Open an image file fully, raising a ValueError that names the file when it is missing or unreadable.
+
+    PIL's own ValueErrors (a PNG text chunk that would inflate past ``MAX_TEXT_CHUNK``, ...) count as unreadable.
+    """
     path = Path(path)
     try:
         with Image.open(path, formats=FORMATS) as im:
@@ -65,7 +68,7 @@ def open_image(path: str | Path) -> Image.Image:
             return im.copy() if getattr(im, "n_frames", 1) == 1 else _first_frame(im)
     except FileNotFoundError as e:
         raise ValueError(f"missing file: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ValueError(f"unreadable image: {path} ({e})") from e
     except Image.DecompressionBombError as e:
         raise ValueError(f"image too large: {path} ({e})") from e

@@ -1,7 +1,9 @@
 """Awkward and hostile inputs for the app and the Python API, generated in memory (no committed binaries).
 
 ``corpus(max_pixels)`` gives one :class:`Case` per kind of file a user might send: broken files, odd image
-modes, extreme shapes, decompression bombs, EXIF rotation, animation. Accepted cases carry the mask that a
+modes (16-bit, float, NaN), extreme shapes, decompression bombs (pixels, and a PNG text chunk), EXIF rotation,
+animation, formats PIL knows but we refuse (EPS, PSD), non-images (text, SVG) and content under the wrong suffix.
+Accepted cases carry the mask that a
 "brightness model" must produce (``brightness_weights``: a real pix2pix U-Net export whose mask is the pixels
 brighter than mid-grey), so orientation, frame choice and mode conversion are checked pixel by pixel.
 """
@@ -67,6 +69,25 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
+def text_bomb(side: int = 4000, inflated: int = 16 * 2**20) -> bytes:
+    """A flat ``side`` x ``side`` grey PNG (16 megapixels, a few KB) whose zTXt chunk, before the pixels (IDAT),
+    inflates to ``inflated`` bytes of zeros: far past PIL's ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB)."""
+    png = encode(Image.new("L", (side, side), 30), "PNG")
+    packer, zeros = zlib.compressobj(9), b"\0" * 2**20
+    text = b"".join(packer.compress(zeros) for _ in range(inflated // len(zeros))) + packer.flush()
+    after_header = 8 + 12 + 13  # signature, IHDR chunk; IDAT comes next
+    assert png[after_header + 4 : after_header + 8] == b"IDAT"
+    return png[:after_header] + png_chunk(b"zTXt", b"Comment\0\0" + text) + png[after_header:]
+
+
+def psd(grey: np.ndarray) -> bytes:
+    """A minimal valid Photoshop file (8-bit greyscale, one channel, raw pixels): PIL decodes it, we must not."""
+    height, width = grey.shape
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, height, width, 8, 1)  # version 1, 1 channel, 8 bit, grey
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers: all empty
+    return header + sections + struct.pack(">H", 0) + grey.astype(np.uint8).tobytes()  # compression 0: raw
+
+
 def person(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) grey photo (uint8, a light "person" on a dark background) and its mask (bool)."""
     rgb, mask = scene(H, W, seed)
@@ -119,11 +140,25 @@ def corpus(max_pixels: int) -> list[Case]:
         Case("float.tif", encode(Image.fromarray(grey.astype(np.float32) / 255, "F"), "TIFF"), **ok, expected=mask),
         Case("nan.tif", encode(Image.fromarray(with_nan(grey), "F"), "TIFF"), "unusable", size=(W, H)),
         Case("vector.eps", EPS, "unreadable"),  # PIL would render it through Ghostscript: never decoded
+        # 16 MP (the app's default cap) whose text chunk PIL refuses to inflate while reading the header:
+        # unreadable wherever it is opened, before any pixel cap is checked.
+        Case("text_bomb.png", TEXT_BOMB, "unreadable"),
+        Case("layers.psd", psd(grey), "unreadable"),  # PIL decodes PSD; it is not in our allowlist
+        Case("drawing.svg", SVG, "unreadable"),
+        Case("misnamed.png", jpeg, **ok, expected=mask),  # JPEG bytes: the content decides, not the suffix
+        Case("deep.tif", encode(Image.fromarray(grey.astype(np.uint16) * 257), "TIFF"), **ok, expected=mask),
     ]
 
 
 # A minimal EPS file: PIL recognises the format (and would call Ghostscript to draw it).
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 96\n0 0 moveto 64 96 lineto stroke\nshowpage\n%%EOF\n"
+
+
+SVG = (
+    b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="96">'
+    b'<rect width="64" height="96" fill="#333"/><circle cx="32" cy="40" r="20" fill="#ddd"/></svg>\n'
+)
+TEXT_BOMB = text_bomb()  # made once: about 0.1 s
 
 
 def with_nan(grey: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""Bad input on every path: POST /api/segment, gradio_client ``/segment``, the browser UI and the Python API.
+"""Bad input on every path: POST /api/segment, gradio_client ``/segment``, the browser UI, the Python API and the CLI.
 
 Every case of corpus.py gets a correct result (binary mask and RGBA cutout at the upright size, the right pixels)
-or a clear refusal (HTTP 4xx with a JSON error, gr.Error through gradio_client, ValueError in Python), and the
-next valid request succeeds. The server is ``python app.py`` in a subprocess with the brightness stand-in model,
+or a clear refusal (HTTP 4xx with a JSON error, gr.Error through gradio_client, ValueError in Python, a
+``failed:`` line and exit code 1 from ``python -m segmenter``), and the next valid request succeeds. The server is ``python app.py`` in a subprocess with the brightness stand-in model,
 so masks are checked against the pixels the model must have seen (EXIF rotation, first GIF frame, modes).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import re
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +21,13 @@ import pytest
 from corpus import REFUSALS, Case, brightness_weights, check_result, corpus, valid_photo
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from served_app import Served, post_photo, serve_app
 
 import app
+from segmenter.cli import main as cli
 from segmenter.data import open_image
+from segmenter.images import ImageError, load_image
 from segmenter.inference import Segmenter
 
 MAX_PIXELS = 1_000_000  # the server's pixel cap here, so an image over it stays small
@@ -145,7 +149,7 @@ def test_python_api(segmenter: Segmenter, case: Case, tmp_path: Path, monkeypatc
             open_image(path)
         try:
             lazy = Image.open(path)  # PIL's own API, before ours: it may refuse the file by itself
-        except (UnidentifiedImageError, Image.DecompressionBombError):
+        except (UnidentifiedImageError, Image.DecompressionBombError, ValueError):  # ValueError: text_bomb.png
             return
         with pytest.raises(ValueError, match=re.escape(f"unreadable image: {path}")):
             segmenter.get_mask(lazy)
@@ -153,6 +157,79 @@ def test_python_api(segmenter: Segmenter, case: Case, tmp_path: Path, monkeypatc
     # The library has no pixel cap of its own (only PIL's bomb limit): over_cap.png is segmented like the rest.
     check_result(case, segmenter.get_mask(open_image(path)))
     check_result(case, segmenter.get_mask(Image.open(path)))  # lazily opened: JPEGs take the reduced-decode path
+
+
+def test_text_bomb_is_refused_without_inflating_its_text(tmp_path: Path) -> None:
+    """16 MP is within the app's default cap: the zTXt chunk alone gets it refused, and its text is never inflated."""
+    case = next(c for c in CASES if c.name == "text_bomb.png")
+    path = case.write(tmp_path)
+    start = case.data.index(b"zTXt") + 4  # before IDAT: PIL reads it while opening the file
+    assert start < case.data.index(b"IDAT")
+    chunk = case.data[start : start + int.from_bytes(case.data[start - 8 : start - 4], "big")]
+    inflated = len(zlib.decompress(chunk.split(b"\0", 1)[1][1:]))  # keyword, NUL, method byte, compressed text
+    assert inflated >= 16 * PngImagePlugin.MAX_TEXT_CHUNK
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="not a readable image") as refused:
+            load_image(case.data, 20 * 2**20, 16_000_000)  # the app's default limits
+        with pytest.raises(ValueError, match=re.escape(f"unreadable image: {path}")):
+            open_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == 415
+    assert peak < 4 * PngImagePlugin.MAX_TEXT_CHUNK < inflated, peak
+
+
+# ---------------------------------------------------------------- the command line
+
+CLI_NAMES = {"deep.tif": "deep.tif.png"}  # deep.png has deep.png: the second photo keeps its suffix
+
+
+def cli_failures(stderr: str) -> dict[str, str]:
+    """``failed: <path>: <message>`` lines -> {path: message}."""
+    lines = [line.removeprefix("failed: ") for line in stderr.splitlines() if line.startswith("failed: ")]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+def test_cli_runs_every_case_in_one_folder(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One CLI run over a folder of every case: masks for what it accepts, a ``failed:`` line for each refusal.
+
+    Its pixel cap is 100 MP, not the test server's 1: over_cap.png is segmented here. Pictures it does not read
+    (PSD, SVG, EPS) are tried and reported, while a README in the folder is no photo and is left alone.
+    """
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    paths = {case.name: case.write(folder) for case in CASES}
+    (folder / "README.txt").write_text("Notes about these photos.\n")
+    accepted = [c for c in CASES if c.outcome == "ok" or c.name == "over_cap.png"]
+    refused = [c for c in CASES if c not in accepted]
+    assert next(c for c in CASES if c.name == "over_cap.png").outcome == "too_big"  # on the server, not here
+    assert {Path(c.name).suffix for c in refused} >= {".psd", ".svg", ".eps"}
+
+    code = cli([str(folder), "-o", str(out), "--output", "mask", "--weights", str(weights), "--device", "cpu"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 1
+    assert f"{len(accepted)} written to {out} (mask), 0 skipped (exist), {len(refused)} failed," in stdout
+    targets = {c.name: out / CLI_NAMES.get(c.name, Path(c.name).stem + ".png") for c in accepted}
+    assert sorted(out.iterdir()) == sorted(targets.values())  # nothing for the refused ones
+    for case in accepted:
+        check_result(case, Image.open(targets[case.name]))
+    failures = cli_failures(stderr)
+    assert sorted(failures) == sorted(str(paths[c.name]) for c in refused), stderr
+    for case in refused:
+        assert REFUSALS[case.outcome][1] in failures[str(paths[case.name])], (case.name, failures)
+    assert "README.txt" not in stderr
+
+    # Named on the command line, any file is tried and reported, whatever its suffix.
+    named = [paths["layers.psd"], paths["drawing.svg"], folder / "README.txt"]
+    code = cli([*map(str, named), "-o", str(tmp_path / "named"), "--weights", str(weights), "--device", "cpu"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 1 and "0 written" in stdout and f"{len(named)} failed" in stdout
+    failures = cli_failures(stderr)
+    assert sorted(failures) == sorted(map(str, named)), stderr
+    assert all("not a readable image" in message for message in failures.values()), failures
+    assert not (tmp_path / "named").exists()
 
 
 # ---------------------------------------------------------------- the browser UI
