@@ -4,6 +4,8 @@ inference tuning on val, and the Hub upload. train.py calls these; so can anyone
 from __future__ import annotations
 
 import copy
+import ctypes
+import errno
 import hashlib
 import os
 import shutil
@@ -298,14 +300,35 @@ def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) ->
     (folder / CARD_NAME).write_text(text)
 
 
-def copy_export(src: Path, dest: Path) -> None:
-    """Put the export files of ``src`` into ``dest`` so that a crash leaves either the old set or the new one whole.
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or
+    the filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
-    The files are staged in a sibling folder; two renames swap it in (the old folder is kept until the swap is done).
+
+def copy_export(src: Path, dest: Path) -> None:
+    """Put the export files of ``src`` into ``dest`` so that a crash or a kill at any point leaves ``dest`` holding
+    either the old set or the new one whole, world-readable.
+
+    The files are staged in a sibling folder, then swapped in with one atomic exchange (Linux). Where there is none,
+    two renames do it, and the next call puts back an old set left beside a missing ``dest`` by a kill between them.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged, old = dest.with_name(f".{dest.name}.new"), dest.with_name(f".{dest.name}.old")
+    if not dest.exists() and old.is_dir():
+        old.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
     top = dest if dest.is_dir() else src  # other files and folders of dest (e.g. another model) are kept whole
     shutil.copytree(top, staged, ignore=lambda folder, names: EXPORT_FILES if Path(folder) == top else ())
@@ -318,7 +341,9 @@ def copy_export(src: Path, dest: Path) -> None:
             os.chmod(staged / name, 0o644)
         else:
             (staged / name).unlink(missing_ok=True)
-    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists() and exchange(staged, dest):
+        shutil.rmtree(staged)  # the old set, swapped out
+        return
     if dest.exists():
         dest.rename(old)
     staged.rename(dest)
