@@ -9,6 +9,7 @@ Gradio would then really be fetched, and a local recording server shows that non
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -232,6 +233,41 @@ def test_body_guard_passes_unexpected_errors_on() -> None:
     guard = BodyGuard(broken, deadline_s=5, idle_s=1, upload_max_bytes=100, upload_max_files=2)
     with pytest.raises(RuntimeError, match="a bug"):
         asyncio.run(guard({"type": "http", "method": "POST", "path": "/api/segment", "headers": []}, receive, send))
+
+
+# ---------------------------------------------------------------- fairness
+
+
+def completions(url: str, session: str, done: dict[str, float], stop_after: int) -> None:
+    """Read the session's queue stream, noting when each event completed (``done``: event id -> monotonic time)."""
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and '"process_completed"' in line:
+                done[json.loads(line[5:])["event_id"]] = time.monotonic()
+                if len(done) >= stop_after:
+                    return
+
+
+def test_a_single_photo_does_not_wait_behind_two_batches(server: Served, client: Client) -> None:
+    """Two batches are queued first; a single photo sent after them still finishes before either."""
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1100, 3), np.uint8)  # just under the 1 MP cap
+    big = encode(Image.fromarray(noise), "JPEG", quality=50)  # noise: slow to cut out and compress
+    files = [{"path": upload(server.url, big, f"b{i}.jpg"), "meta": FILE_DATA} for i in range(16)]
+    session, done = "fairness", {}
+    batch = {"data": [files, 0.5], "fn_index": fn_index(server.url, "batch-files"), "session_hash": session}
+    events = [httpx.post(f"{server.url}gradio_api/queue/join", json=batch, timeout=30).json()["event_id"] for _ in "ab"]
+    reader = threading.Thread(target=completions, args=(server.url, session, done, 1), daemon=True)
+    reader.start()  # like the UI: join, then listen (the session's messages wait for the stream)
+    time.sleep(0.5)  # both batches have been picked up
+    sent = time.monotonic()
+    photo = Path(server.env["TMPDIR"]).parent / "single.jpg"
+    photo.write_bytes(valid_photo())
+    client.predict(handle_file(photo), 0.5, api_name="/segment")
+    single = time.monotonic()
+    reader.join(timeout=300)
+    assert done and set(done) <= set(events), done
+    print(f"single photo: {single - sent:.2f} s; first batch done after {min(done.values()) - sent:.2f} s")
+    assert single < min(done.values()), "the single photo finished after a batch"
 
 
 # ---------------------------------------------------------------- temporary files
