@@ -4,7 +4,8 @@
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
 id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
-BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, ENGINE (auto | onnx | torch | bf16) and LIVE_WEBCAM (auto | on | off).
+BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch | bf16) and
+LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
 """
@@ -40,6 +41,7 @@ from segmenter.server.guard import BodyGuard, UploadsOnly
 from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
+from segmenter.server.memory import return_freed_buffers, trim_heap
 from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_to_cache
 
 TITLE = "Person segmentation"
@@ -76,6 +78,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Gradio's cache folder (uploads and results) stays under this size and age; the oldest files go first.
 CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
 CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
+# Buffers of this size or more are returned to the OS when freed (0: glibc's default, which keeps them; issue 15).
+MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "1"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
 SEGMENT_API_NAME = "segment"
@@ -426,7 +430,9 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
         upload_max_bytes=LIMITS.max_request_bytes,
         upload_max_files=LIMITS.max_batch,
     )
-    app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, int(CACHE_MAX_MB * 2**20), CACHE_MAX_AGE_MIN * 60).start()
+    trim = trim_heap if MMAP_THRESHOLD_MB > 0 else None  # each second, with the cache sweep
+    cache_cap = int(CACHE_MAX_MB * 2**20)
+    app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=trim).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.
     return gr.mount_gradio_app(
@@ -436,6 +442,8 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if MMAP_THRESHOLD_MB > 0:
+        return_freed_buffers(int(MMAP_THRESHOLD_MB * 2**20))
     torch.set_num_threads(TORCH_THREADS)
     try:
         app = create_app(MODEL_ID)

@@ -302,6 +302,18 @@ def test_sweep_drops_old_files_then_the_oldest_until_under_the_cap(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e"]
 
 
+def test_a_sweep_over_the_cap_leaves_room_below_it(tmp_path: Path) -> None:
+    now = time.time()
+    for i in range(10):  # ten fresh 1000-byte results, oldest first
+        path = tmp_path / f"r{i}.png"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - 10 + i, now - 10 + i))
+    assert sweep(tmp_path, max_bytes=10_000, max_age_s=60, now=now, low_water=0.5) == Sweep(0, 10_000)  # at the cap
+    (tmp_path / "r10.png").write_bytes(b"x" * 1000)
+    assert sweep(tmp_path, max_bytes=10_000, max_age_s=60, now=now, low_water=0.5) == Sweep(6, 5000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r10.png", "r6.png", "r7.png", "r8.png", "r9.png"]
+
+
 def test_the_served_cache_stays_under_its_cap(tiny_weights: Path, tmp_path: Path) -> None:
     """Results pile up in Gradio's cache with every gradio_client call; the app's sweeper holds it under CACHE_MAX_MB."""
     env = {**server_env(tmp_path), "CACHE_MAX_MB": "0.5"}

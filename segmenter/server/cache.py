@@ -1,9 +1,9 @@
 """A bounded result cache: Gradio's cache folder kept under a total size and a maximum file age.
 
 Gradio keeps every upload and result file until its own ``delete_cache`` sweep (by age only), so a burst of large
-requests could fill the disk. :class:`CacheSweeper` walks the folder every few seconds, deletes files older than
-``max_age_s`` and then the oldest files until the total is under ``max_bytes``; the newest results, which a
-client may still be fetching, go last.
+requests could fill the disk. :class:`CacheSweeper` walks the folder every second, deletes files older than
+``max_age_s`` and, over ``max_bytes``, the oldest files until the total is under three quarters of it; the newest
+results, which a client may still be fetching, go last.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +41,19 @@ def _files(folder: Path) -> list[tuple[float, int, str]]:
     return found
 
 
-def sweep(folder: str | Path, max_bytes: int, max_age_s: float, now: float | None = None) -> Sweep:
-    """Delete files older than ``max_age_s``, then the oldest until the rest total at most ``max_bytes``."""
+def sweep(
+    folder: str | Path, max_bytes: int, max_age_s: float, now: float | None = None, low_water: float = 1.0
+) -> Sweep:
+    """Delete files older than ``max_age_s``; then, when the rest total over ``max_bytes``, the oldest until they
+    total at most ``low_water * max_bytes`` (room for what arrives before the next sweep)."""
     folder = Path(folder)
     now = time.time() if now is None else now
     files = sorted(_files(folder))  # oldest first
     total = sum(size for _, size, _ in files)
+    limit = max_bytes if total <= max_bytes else low_water * max_bytes
     removed = 0
     for mtime, size, path in files:
-        if mtime >= now - max_age_s and total <= max_bytes:
+        if mtime >= now - max_age_s and total <= limit:
             break
         try:
             os.unlink(path)
@@ -66,12 +71,25 @@ def sweep(folder: str | Path, max_bytes: int, max_age_s: float, now: float | Non
 
 
 class CacheSweeper:
-    """Runs :func:`sweep` on ``folder`` every ``every_s`` seconds in a daemon thread, until ``stop()``."""
+    """Runs :func:`sweep` on ``folder`` every ``every_s`` seconds in a daemon thread, until ``stop()``; a sweep over
+    the cap leaves ``low_water`` of it, so that new results arriving before the next sweep stay under the cap.
+    ``after`` (optional) runs after each sweep: the server's other housekeeping."""
 
-    def __init__(self, folder: str | Path, max_bytes: int, max_age_s: float, every_s: float = 5.0) -> None:
-        if max_bytes <= 0 or max_age_s <= 0 or every_s <= 0:
-            raise ValueError(f"need positive limits, got {max_bytes} bytes, {max_age_s} s, every {every_s} s")
+    def __init__(
+        self,
+        folder: str | Path,
+        max_bytes: int,
+        max_age_s: float,
+        every_s: float = 1.0,
+        low_water: float = 0.75,
+        after: Callable[[], object] | None = None,
+    ) -> None:
+        if max_bytes <= 0 or max_age_s <= 0 or every_s <= 0 or not 0 < low_water <= 1:
+            raise ValueError(
+                f"need positive limits, got {max_bytes} bytes, {max_age_s} s, every {every_s} s, low water {low_water}"
+            )
         self.folder, self.max_bytes, self.max_age_s, self.every_s = Path(folder), max_bytes, max_age_s, every_s
+        self.low_water, self.after = low_water, after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cache-sweeper", daemon=True)
 
@@ -87,7 +105,9 @@ class CacheSweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                done = sweep(self.folder, self.max_bytes, self.max_age_s)
+                done = sweep(self.folder, self.max_bytes, self.max_age_s, low_water=self.low_water)
+                if self.after is not None:
+                    self.after()
             except Exception:  # a sweep must never take the server down; the next one tries again
                 log.exception("cache sweep of %s failed", self.folder)
                 continue
