@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="20 x 12 MP under a 256 MB cap, 60 mixed requests")
     p.add_argument("--cache-requests", type=int, default=None, help="12 MP requests (default 200; quick 20)")
-    p.add_argument("--cache-mb", type=float, default=None, help="CACHE_MAX_MB (default: the app's 2048; quick 128)")
+    p.add_argument("--cache-mb", type=float, default=None, help="CACHE_MAX_MB (default: the app's 2048; quick 256)")
     p.add_argument("--mixed-requests", type=int, default=None, help="mixed requests (default 500; quick 60)")
     p.add_argument("--weights", default=None, help="weights folder (default: weights/)")
     p.add_argument("--compare", action="store_true", help="run the memory part again with glibc's default heap")
