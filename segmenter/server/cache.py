@@ -2,8 +2,8 @@
 
 Gradio keeps every upload and result file until its own ``delete_cache`` sweep (by age only), so a burst of large
 requests could fill the disk. :class:`CacheSweeper` walks the folder every second, deletes files older than
-``max_age_s`` and, over ``max_bytes``, the oldest files until the total is under three quarters of it; the newest
-results, which a client may still be fetching, go last.
+``max_age_s`` and then the oldest files until the total is under three quarters of ``max_bytes``, so that a
+second's new results stay under the cap; the newest results, which a client may still be fetching, go last.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def _files(folder: Path) -> list[tuple[float, int, str]]:
 def sweep(
     folder: str | Path, max_bytes: int, max_age_s: float, now: float | None = None, low_water: float = 1.0
 ) -> Sweep:
-    """Delete files older than ``max_age_s``; then, when the rest total over ``max_bytes``, the oldest until they
-    total at most ``low_water * max_bytes`` (room for what arrives before the next sweep)."""
+    """Delete files older than ``max_age_s``, then the oldest until the rest total at most ``low_water * max_bytes``
+    (with ``low_water`` < 1: room under the cap for what arrives before the next sweep)."""
     folder = Path(folder)
     now = time.time() if now is None else now
     files = sorted(_files(folder))  # oldest first
     total = sum(size for _, size, _ in files)
-    limit = max_bytes if total <= max_bytes else low_water * max_bytes
+    limit = low_water * max_bytes
     removed = 0
     for mtime, size, path in files:
         if mtime >= now - max_age_s and total <= limit:
@@ -71,8 +71,8 @@ def sweep(
 
 
 class CacheSweeper:
-    """Runs :func:`sweep` on ``folder`` every ``every_s`` seconds in a daemon thread, until ``stop()``; a sweep over
-    the cap leaves ``low_water`` of it, so that new results arriving before the next sweep stay under the cap.
+    """Runs :func:`sweep` on ``folder`` every ``every_s`` seconds in a daemon thread, until ``stop()``; each sweep
+    leaves at most ``low_water`` of the cap, so that results arriving before the next sweep stay under it.
     ``after`` (optional) runs after each sweep: the server's other housekeeping."""
 
     def __init__(
