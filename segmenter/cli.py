@@ -144,6 +144,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
+    if not 0.0 <= args.feather <= 100.0:
+        parser.error(f"--feather must be in [0, 100] px, not {args.feather}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
     return args
 
 

@@ -82,3 +82,13 @@ def test_glob_and_composite_from_the_command_line(photos: Path, tmp_path: Path) 
         timeout=120,
     )
     assert missing.returncode == 1 and "no photos found" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--threshold", "1.5"], ["--threshold", "-0.1"], ["--feather", "-1"], ["--feather", "nan"], ["--workers", "0"]],
+)
+def test_numeric_options_are_checked(option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path), "-o", str(tmp_path / "out"), *option])
+    assert exited.value.code == 2 and option[0] in capsys.readouterr().err
