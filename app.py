@@ -4,7 +4,7 @@
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
 id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
-BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch | bf16) and
+BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch | bf16) and
 LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
@@ -78,8 +78,11 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Gradio's cache folder (uploads and results) stays under this size and age; the oldest files go first.
 CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
 CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
-# Buffers of this size or more are returned to the OS when freed (0: glibc's default, which keeps them; issue 15).
-MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "1"))
+# Memory (issue 15): glibc keeps the heap pages of freed photo buffers, so RSS crept up with every new mix of sizes.
+# TRIM_HEAP=1 hands them back each second (malloc_trim); MMAP_THRESHOLD_MB > 0 gives buffers of that size their own
+# mappings instead (RSS lower still, but about 20% slower per photo: bench/footprint.py, README).
+TRIM_HEAP = os.getenv("TRIM_HEAP", "1") == "1"
+MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "0"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
 SEGMENT_API_NAME = "segment"
@@ -430,7 +433,7 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
         upload_max_bytes=LIMITS.max_request_bytes,
         upload_max_files=LIMITS.max_batch,
     )
-    trim = trim_heap if MMAP_THRESHOLD_MB > 0 else None  # each second, with the cache sweep
+    trim = trim_heap if TRIM_HEAP else None  # each second, with the cache sweep
     cache_cap = int(CACHE_MAX_MB * 2**20)
     app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=trim).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,

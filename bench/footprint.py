@@ -6,7 +6,7 @@
 2. **Memory**: ``--mixed-requests`` requests of mixed sizes (0.3, 1, 4 and 12 MP in turn, through
    ``POST /api/segment`` and gradio_client alternately, 2 clients at once); the server's RSS when idle after
    start-up, idle after one photo of each size (12 MP last: the steady state), every 50 requests, and idle at the
-   end; growth = end / steady. ``--compare`` runs it again with glibc's default heap (``MMAP_THRESHOLD_MB=0``).
+   end; growth = end / steady. ``--compare`` runs it again with glibc's default heap (``TRIM_HEAP=0``).
 
     .venv/bin/python bench/footprint.py                  # 200 x 12 MP, 500 mixed (~15 min on 2 cores)
     .venv/bin/python bench/footprint.py --quick          # 20 x 12 MP under a 256 MB cap, 60 mixed (~3 min)
@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-mb", type=float, default=None, help="CACHE_MAX_MB (default: the app's 2048; quick 256)")
     p.add_argument("--mixed-requests", type=int, default=None, help="mixed requests (default 500; quick 60)")
     p.add_argument("--weights", default=None, help="weights folder (default: weights/)")
-    p.add_argument("--compare", action="store_true", help="run the memory part again with glibc's default heap")
+    p.add_argument(
+        "--compare", action="store_true", help="run the memory part again with glibc's default heap (TRIM_HEAP=0)"
+    )
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for app.py")
     args = p.parse_args(argv)
     cache_requests = args.cache_requests if args.cache_requests is not None else (20 if args.quick else 200)
@@ -169,11 +171,9 @@ def main(argv: list[str] | None = None) -> None:
             ("largest / cap", f"{cache['peak'] / (cap_mb * 2**20):.2f}x"),
             ("errors; seconds", f"{cache['errors']}; {cache['seconds']:.0f}"),
         ]
-    runs = {"app (MMAP_THRESHOLD_MB=1)": mixed_run(weights, mixed_requests, env)}
+    runs = {"app (TRIM_HEAP=1)": mixed_run(weights, mixed_requests, env)}
     if args.compare:
-        runs["glibc default (MMAP_THRESHOLD_MB=0)"] = mixed_run(
-            weights, mixed_requests, {**env, "MMAP_THRESHOLD_MB": "0"}
-        )
+        runs["glibc default (TRIM_HEAP=0)"] = mixed_run(weights, mixed_requests, {**env, "TRIM_HEAP": "0"})
     for label, run in runs.items():
         rows += memory_rows(label, run, mixed_requests)
     print(common.markdown_table(["figure", "value"], rows))
