@@ -80,7 +80,7 @@ CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
 CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
 # Memory (issue 15): glibc keeps the heap pages of freed photo buffers, so RSS crept up with every new mix of sizes.
 # TRIM_HEAP=1 hands them back each second (malloc_trim); MMAP_THRESHOLD_MB > 0 gives buffers of that size their own
-# mappings instead (RSS lower still, but about 20% slower per photo: bench/footprint.py, README).
+# mappings instead (freed at once, but every photo then faults its buffers in anew: slower per photo).
 TRIM_HEAP = os.getenv("TRIM_HEAP", "1") == "1"
 MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "0"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned

@@ -4,7 +4,7 @@ glibc serves buffers under its mmap threshold from its heaps, and raises that th
 so far (up to 32 MB): after a few large photos, their 1-32 MB buffers stay resident once freed, in one heap per
 worker thread, and RSS grew by 1.8x over 500 mixed-size requests. :func:`trim_heap`, run each second, hands the
 free pages back; :func:`return_freed_buffers` instead maps each large buffer on its own (returned at once, but each
-photo's buffers are then faulted in anew: about 20% slower per photo here).
+photo's buffers are then faulted in anew, which made each photo slower).
 """
 
 from __future__ import annotations
