@@ -62,8 +62,9 @@ def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
         if not found:
             missing.append(item)
         for source, rel in found:
-            if source.resolve() not in jobs:
-                jobs[source.resolve()] = job = Job(source, _target(out_dir / rel, taken))
+            key = source.resolve()
+            if key not in jobs:
+                jobs[key] = job = Job(source, _target(out_dir / rel, taken))
                 taken.add(job.target)
     return list(jobs.values()), missing
 
