@@ -76,6 +76,7 @@ class TrainConfig:
     aug: str = "pix2pix"
     composite_p: float = 0.0
     paste_p: float = 0.0
+    crop_negative_p: float = 0.0
     dice_weight: float = 0.0
     presence_weight: float = 0.0
     init_from: str = ""
@@ -129,6 +130,7 @@ HELP: dict[str, str] = {
     "that cut people at the edge, JPEG, blur and noise",
     "composite_p": "chance of pasting the person onto another training photo",
     "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
+    "crop_negative_p": "chance that a sample is a person-free close-up cropped from its photo's background",
     "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
     "presence_weight": "effnet_unet: > 0 adds a person-presence head trained with this BCE weight",
     "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
@@ -203,6 +205,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         **ROBUST,
         "epochs": 8,
         "size": 384,
+        "lr": 5e-5,
+        "lr_decay_g": 0.85,
+        "lr_decay_d": 0.85,
+        "init_from": "weights/robust-256/",
+    },
+    # cpu-robust's model fine-tuned with person-free close-ups cropped from the training photos' backgrounds
+    # (object-scale negatives: the DAVIS negatives are wide scenes).
+    "cpu-robust-crops": {
+        **ROBUST,
+        "epochs": 8,
+        "crop_negative_p": 0.25,
         "lr": 5e-5,
         "lr_decay_g": 0.85,
         "lr_decay_d": 0.85,
@@ -583,7 +596,13 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
     weights = [src.weight / len(part) for src, part in zip(train_sources, train_parts, strict=True) for _ in part]
     train_pairs = [pair for part in train_parts for pair in part]
     train_ds = SegmentationDataset(
-        train_pairs, train=True, size=cfg.size, aug=cfg.aug, composite_p=cfg.composite_p, paste_p=cfg.paste_p
+        train_pairs,
+        train=True,
+        size=cfg.size,
+        aug=cfg.aug,
+        composite_p=cfg.composite_p,
+        paste_p=cfg.paste_p,
+        crop_negative_p=cfg.crop_negative_p,
     )
     val_sets = [
         (src.name, SegmentationDataset(part, train=False, size=cfg.size))

@@ -230,6 +230,9 @@ class SegmentationDataset(Dataset):
     ``paste_p``: chance of copy-paste compositing: one or two people, cut out by their ground-truth masks from other
     training photos, pasted at a random scale and position (partly out of the frame too) onto this sample, whatever it
     shows (a portrait, a street, a frame without people); the masks are merged.
+    ``crop_negative_p``: chance that the sample becomes a close-up of its own photo's background instead (a crop that
+    holds no person pixel, see :func:`background_crop`): walls, cars, furniture and street at object scale, so that
+    the model learns that a close-up without a person is not one.
     """
 
     def __init__(
@@ -241,8 +244,10 @@ class SegmentationDataset(Dataset):
         composite_p: float = 0.0,
         cache_side: int | None = 400,
         paste_p: float = 0.0,
+        crop_negative_p: float = 0.0,
     ) -> None:
         self.pairs = pairs
+        self.crop_negative_p = crop_negative_p if train else 0.0
         self.train = train
         self.composite_p = composite_p if train else 0.0
         self.paste_p = paste_p if train else 0.0
@@ -261,6 +266,13 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.images[i], self.masks[i]
+        if self.crop_negative_p and random.random() < self.crop_negative_p:
+            box = background_crop(mask, random.random)
+            if box is not None:
+                top, left, h, w = box
+                image, mask = image[:, top : top + h, left : left + w], mask[:, top : top + h, left : left + w]
+                img_t, mask_t = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+                return img_t.as_subclass(torch.Tensor), torch.full(mask_t.shape, -1.0)
         if self.composite_p and len(self) > 1 and random.random() < self.composite_p:
             image, mask = self._composite(image, mask, random.randrange(len(self)))
         if self.paste_p and self.donors and random.random() < self.paste_p:
@@ -278,6 +290,30 @@ class SegmentationDataset(Dataset):
         alpha = mask.float() / 255.0
         out = (alpha * image.float() + (1 - alpha) * bg.float()).round().to(torch.uint8)
         return out, torch.maximum(mask, bg_mask)
+
+
+def background_crop(
+    mask: torch.Tensor, rand: Callable[[], float], tries: int = 20, margin: float = 0.1
+) -> tuple[int, int, int, int] | None:
+    """A random box (top, left, h, w) of the (1,H,W) uint8 mask with no person pixel in it, nor within ``margin``
+    of its size around it (ground-truth edges miss hair and fingers); None when ``tries`` random boxes all hit one.
+
+    Boxes are 25-70% of the shorter side high, with an aspect ratio of 0.6-1.6: close-ups of a part of the scene.
+    """
+    person = (mask[0] > 127).to(torch.int32)
+    H, W = person.shape
+    integral = torch.zeros(H + 1, W + 1, dtype=torch.int32)
+    integral[1:, 1:] = person.cumsum(0).cumsum(1)
+    for _ in range(tries):
+        h = max(8, round((0.25 + 0.45 * rand()) * min(H, W)))
+        w = min(W, max(8, round(h * (0.6 + rand()))))
+        h = min(h, H)
+        top, left = int(rand() * (H - h + 1)), int(rand() * (W - w + 1))
+        my, mx = round(margin * h), round(margin * w)
+        y0, y1, x0, x1 = max(0, top - my), min(H, top + h + my), max(0, left - mx), min(W, left + w + mx)
+        if int(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) == 0:
+            return top, left, h, w
+    return None
 
 
 def paste_person(

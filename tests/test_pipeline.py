@@ -3,16 +3,17 @@ and the training-data pieces it is trained with (sources, copy-paste)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_presence_weights, make_tiny_weights, noise_photo, scene
+from helpers import make_presence_weights, make_tiny_weights, noise_photo, scene, write_dataset
 from PIL import Image
 
 from segmenter import Segmenter, mask
-from segmenter.data import parse_sources, paste_person
+from segmenter.data import SegmentationDataset, background_crop, load_pairs, parse_sources, paste_person
 from segmenter.pipeline import Background, Options, binarize, finish, threshold_level
 
 
@@ -122,6 +123,35 @@ def test_copy_paste_puts_the_donor_person_in_and_merges_masks() -> None:
     bright = image[0] > 127  # the donor's person is light on a dark background: pixels and label agree
     assert (bright == pasted)[10:, 10:].float().mean() > 0.97
     assert set(merged.unique().tolist()) <= {0, 255}
+
+
+def test_background_crops_hold_no_person_and_keep_their_distance() -> None:
+    mask = torch.zeros(1, 200, 300, dtype=torch.uint8)
+    mask[0, 40:200, 100:180] = 255  # a person in the middle, cut by the bottom edge
+    rng = random.Random(0)
+    boxes = [background_crop(mask, rng.random) for _ in range(200)]
+    found = [b for b in boxes if b is not None]
+    assert len(found) > 100
+    for top, left, h, w in found:
+        assert h >= 8 and w >= 8 and top + h <= 200 and left + w <= 300
+        assert (
+            mask[0, max(0, top - h // 10) : top + h + h // 10, max(0, left - w // 10) : left + w + w // 10].eq(0).all()
+        )
+    lefts = {left + w <= 100 for _, left, _, w in found}
+    assert lefts == {True, False}  # from both sides of the person
+    full = torch.full((1, 50, 50), 255, dtype=torch.uint8)
+    assert background_crop(full, rng.random) is None  # nothing but person: no crop
+
+
+def test_crop_negatives_are_labelled_empty(tmp_path: Path) -> None:
+    csv_path = write_dataset(tmp_path, [(300, 220), (180, 260)], ["train"] * 2)
+    ds = SegmentationDataset(load_pairs(csv_path), train=True, size=64, aug="strong", crop_negative_p=1.0)
+    plain = SegmentationDataset(load_pairs(csv_path), train=True, size=64, aug="strong")
+    random.seed(0)
+    torch.manual_seed(0)
+    empty = sum(bool(ds[k % 2][1].eq(-1).all()) for k in range(20))
+    assert empty >= 10  # a photo whose background leaves no room for a crop is used as it is
+    assert not any(plain[k % 2][1].eq(-1).all() for k in range(20))  # the same photos do show a person
 
 
 def test_resized_shrinks_every_map_and_keeps_what_it_shows(tmp_path: Path) -> None:
