@@ -116,7 +116,18 @@ class Segmentation:
     options: Options
     threshold: float  # the threshold used (options.threshold or the model's)
     mask: Image.Image  # binary "L" 0/255
-    alpha: Image.Image  # "L" opacity for cutouts and composites: the mask, feathered
+    _alpha: Image.Image | None = field(default=None, repr=False)  # made on first use: a mask alone never needs it
+
+    @property
+    def alpha(self) -> Image.Image:
+        """ "L" opacity for cutouts and composites: the mask, feathered by ``options.feather_px``."""
+        if self._alpha is None:
+            mask = np.asarray(self.mask) > 127
+            if self.options.feather_px > 0:
+                self._alpha = Image.fromarray(to_uint8(refine.feather(mask, self.options.feather_px)), "L")
+            else:
+                self._alpha = self.mask
+        return self._alpha
 
     @property
     def person_present(self) -> bool:
@@ -189,7 +200,7 @@ class Segmentation:
             image=self.image.resize(size, Image.BILINEAR, reducing_gap=2.0),
             probability=np.asarray(prob),
             mask=self.mask.resize(size, Image.NEAREST),
-            alpha=self.alpha.resize(size, Image.BILINEAR, reducing_gap=2.0),
+            _alpha=self.alpha.resize(size, Image.BILINEAR, reducing_gap=2.0),
         )
 
     def with_options(self, options: Options, default_threshold: float | None = None) -> Segmentation:
@@ -207,7 +218,7 @@ class Segmentation:
 def upsample(low: np.ndarray, image: Image.Image, how: Upsample) -> np.ndarray:
     """(S, S) float probabilities at the model's size -> (H, W) uint8 at the photo's size."""
     if how == "guided":
-        return to_uint8(refine.guided_upsample(low, image))
+        return refine.guided_upsample(low, image, as_uint8=True)
     x = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
     up = F.interpolate(x, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0]
     return to_uint8(up.numpy())
@@ -221,7 +232,8 @@ def finish(
     default_threshold: float,
     presence_threshold: float,
 ) -> Segmentation:
-    """A full-size uint8 probability map -> Segmentation: threshold, presence gate, clean-up, feathered alpha."""
+    """A full-size uint8 probability map -> Segmentation: threshold, presence gate, clean-up (the feathered alpha
+    is made when a cutout or composite first needs it)."""
     threshold = default_threshold if options.threshold is None else options.threshold
     gated = options.presence_gate and presence is not None and presence < presence_threshold
     mask = np.zeros(probability.shape, bool) if gated else binarize(probability, threshold)
@@ -229,7 +241,6 @@ def finish(
         mask = refine.keep_largest_component(mask)
     if options.fill_holes:
         mask = refine.fill_holes(mask)
-    alpha = refine.feather(mask, options.feather_px) if options.feather_px > 0 else mask
     return Segmentation(
         image=image,
         probability=probability,
@@ -238,5 +249,4 @@ def finish(
         options=options,
         threshold=threshold,
         mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
-        alpha=Image.fromarray(to_uint8(alpha) if alpha.dtype != bool else alpha.view(np.uint8) * 255, "L"),
     )

@@ -14,11 +14,17 @@ from scipy import ndimage
 
 
 def _bilinear(maps: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(n, h, w) float32 maps -> (n, H, W) tensor for ``size`` = (W, H); pixel-centred, antialiased when shrinking."""
+    """(n, h, w) float32 maps -> (n, H, W) tensor for ``size`` = (W, H); pixel-centred, antialiased when shrinking.
+
+    Enlarging skips the antialiasing kernel: for scale factors above 1 its triangle filter is plain bilinear
+    interpolation, and torch's non-antialiased kernel computes the same values in about half the time.
+    """
     x = torch.from_numpy(np.array(maps, dtype=np.float32))[None]  # a copy: small, and always writable
-    if tuple(x.shape[-2:]) == (size[1], size[0]):
+    h, w = x.shape[-2:]
+    if (h, w) == (size[1], size[0]):
         return x[0]
-    return F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)[0]
+    shrink = size[0] < w or size[1] < h
+    return F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=shrink)[0]
 
 
 def _solve_sym3(s: dict[tuple[int, int], np.ndarray], rhs: np.ndarray) -> np.ndarray:
@@ -38,7 +44,12 @@ def _solve_sym3(s: dict[tuple[int, int], np.ndarray], rhs: np.ndarray) -> np.nda
 
 
 def guided_upsample(
-    prob_lowres: np.ndarray, guide: Image.Image, radius: int = 4, eps: float = 1e-4, max_side: int = 512
+    prob_lowres: np.ndarray,
+    guide: Image.Image,
+    radius: int = 4,
+    eps: float = 1e-4,
+    max_side: int = 512,
+    as_uint8: bool = False,
 ) -> np.ndarray:
     """Low-resolution probabilities -> HxW float32 in [0, 1] at the guide photo's size, with edges snapped to it.
 
@@ -50,6 +61,8 @@ def guided_upsample(
 
     The defaults move a 256x256 prediction's edge by up to a few pixels onto the photo's edges; a larger radius
     corrects larger errors but also follows strong background edges next to the person.
+    ``as_uint8``: return uint8 0-255 instead (round half up, as ``pipeline.to_uint8``), without a float copy at full
+    resolution.
     """
     prob = np.asarray(prob_lowres, dtype=np.float32)
     if prob.ndim != 2 or prob.size == 0:
@@ -82,12 +95,15 @@ def guided_upsample(
     b = mean_p - (a * np.stack(mean_i, axis=-1)).sum(axis=-1)
 
     # Full resolution: q = mean_a . I + mean_b, with the coefficient maps upsampled by torch (multi-threaded).
-    coef = np.stack([*(box(a[..., c]) / 255.0 for c in range(3)), box(b)])  # (4, h, w)
+    scale_out = 255.0 if as_uint8 else 1.0
+    coef = np.stack([*(box(a[..., c]) * (scale_out / 255.0) for c in range(3)), box(b) * scale_out])  # (4, h, w)
+    if as_uint8:
+        coef[3] += 0.5  # then truncation rounds half up
     up = _bilinear(coef, full)
-    rgb = torch.from_numpy(np.array(guide)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
-    out = up[3]
-    for c in range(3):
-        out.addcmul_(up[c], rgb[c])
+    rgb = torch.from_numpy(np.array(guide)).permute(2, 0, 1).float()  # (3, H, W); float x float FMAs are fast
+    out = torch.addcmul(up[3], up[0], rgb[0]).addcmul_(up[1], rgb[1]).addcmul_(up[2], rgb[2])
+    if as_uint8:
+        return out.clamp_(0.0, 255.0).to(torch.uint8).numpy()
     return out.clamp_(0.0, 1.0).numpy()
 
 

@@ -8,6 +8,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from segmenter import blend, refine
+from segmenter.pipeline import to_uint8
 
 RED, BLUE = (220, 30, 30), (30, 60, 220)
 
@@ -115,6 +116,10 @@ def test_guided_upsample_moves_a_misplaced_edge_onto_the_photo_edge():
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert iou(out) > iou(bilinear) + 0.005
     assert iou(refine.guided_upsample(low, guide, radius=8)) > 0.99 > iou(bilinear) + 0.02
+    as_uint8 = refine.guided_upsample(low, guide, as_uint8=True)  # what the pipeline stores, without a float copy
+    assert as_uint8.dtype == np.uint8
+    assert np.abs(as_uint8.astype(int) - to_uint8(out)).max() <= 1  # float rounding of the last bit at most
+    assert (as_uint8 == to_uint8(out)).mean() > 0.9999
 
 
 def test_guided_upsample_keeps_constant_maps_and_any_shape():

@@ -154,6 +154,19 @@ def test_crop_negatives_are_labelled_empty(tmp_path: Path) -> None:
     assert not any(plain[k % 2][1].eq(-1).all() for k in range(20))  # the same photos do show a person
 
 
+def test_the_alpha_matte_is_made_only_for_outputs_that_need_it() -> None:
+    image = Image.fromarray(noise_photo(60, 80))
+    prob = np.zeros((60, 80), np.uint8)
+    prob[10:50, 20:60] = 230
+    result = finish(image, prob, None, Options(feather_px=8), 0.5, 0.5)
+    assert result.mask.getbbox() == (20, 10, 60, 50) and result._alpha is None  # a mask alone: no feathering
+    alpha = np.asarray(result.cutout())[..., 3]
+    assert result._alpha is not None and np.array_equal(alpha, np.asarray(result.alpha))
+    assert 0 < alpha[30, 20] < 255 and alpha[30, 40] == 255 and alpha[30, 2] == 0  # soft edge, solid middle
+    hard = finish(image, prob, None, Options(feather_px=0), 0.5, 0.5)
+    assert np.array_equal(np.asarray(hard.alpha), np.asarray(hard.mask))
+
+
 def test_resized_shrinks_every_map_and_keeps_what_it_shows(tmp_path: Path) -> None:
     image = Image.fromarray(noise_photo(200, 300))  # 300 x 200 px
     prob = np.tile(np.linspace(0, 255, 300).astype(np.uint8), (200, 1))
