@@ -111,3 +111,25 @@ def test_all_splits_table_goes_into_the_model_card(tmp_path: Path, all_on: Path,
     assert f"`python -m segmenter.evaluate {' '.join(argv)}`" in card and table in card
     rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| people")]
     assert rows == ["train", "val"]  # test rows are read only for the published dataset
+
+
+def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from helpers import make_presence_weights
+
+    spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    everyone = make_presence_weights(tmp_path / "everyone", presence_bias=5.0)  # a full mask on every photo
+    nobody = make_presence_weights(tmp_path / "nobody", presence_bias=-5.0)  # "no person" on every photo
+    script.main([str(everyone), str(nobody)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    with_person = sum(person for person, _ in script.PHOTOS.values())
+    assert len(rows) == len(script.PHOTOS) and 0 < with_person < len(rows)
+    assert "| coffee | no | 0.99 / 100.0% / person | 0.01 / 0.0% / no person |" in out
+    assert f"{everyone}: {with_person} of {len(rows)} photos answered right" in out
+    assert f"{nobody}: {len(rows) - with_person} of {len(rows)} photos answered right" in out
