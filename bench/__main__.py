@@ -48,6 +48,9 @@ from segmenter.server.live import LIVE_OPTIONS, LIVE_SIDE, segment_frame  # noqa
 
 TARGETS = {"floor": 1.3, "e2e": 1.2, "serving": 0.9, "live_fps": 15.0}  # issue 13
 FP32_PROBES = ("matmul fp32", "conv3x3 fp32")
+# Idle pause before each interleaved call: the candidates run on different thread pools (torch's OpenMP, ONNX
+# Runtime's, the app's), whose spin-waiting workers would otherwise slow whichever call comes next.
+SETTLE_S = 0.2
 
 
 def met(ok: bool) -> str:
@@ -80,7 +83,7 @@ def floor_figures(seg: Segmenter, eager: Segmenter, photo: Image.Image, args: ar
     if eager is not seg:
         calls["eager"] = lambda: eager.forward(x)
     calls |= {name: call for name, (call, _) in probes.items()}
-    t = common.time_interleaved(calls, args.rounds, warmup=2, max_seconds=args.max_seconds)
+    t = common.time_interleaved(calls, args.rounds, warmup=2, max_seconds=args.max_seconds, settle_s=SETTLE_S)
     rates = {name: n / t[name].p50 for name, (_, n) in probes.items()}
     probe = max(rates, key=rates.__getitem__)
     floor_s = flops / rates[probe]
@@ -102,7 +105,7 @@ def live_figures(seg: Segmenter, args: argparse.Namespace) -> dict:
     image.thumbnail((LIVE_SIDE, LIVE_SIDE), Image.BILINEAR)  # as segment_frame shrinks it
     x = model_batch(seg, image, LIVE_OPTIONS["input_size"], bool(LIVE_OPTIONS.get("flip")))
     calls = {"model": lambda: seg.forward(x), "segment_frame": lambda: segment_frame(seg.segment, frame, seg.threshold)}
-    t = common.time_interleaved(calls, args.live_rounds, warmup=2, max_seconds=args.max_seconds)
+    t = common.time_interleaved(calls, args.live_rounds, warmup=2, max_seconds=args.max_seconds, settle_s=SETTLE_S)
     return {"model": t["model"], "frame": t["segment_frame"], "input": f"{x.shape[-1]} px, batch {len(x)}"}
 
 
@@ -126,7 +129,7 @@ def http_figures(
             x = model_batch(seg, load_image(data, limits.max_upload_bytes, limits.max_pixels))
             calls[f"http {mp:g}"] = lambda data=data: post(data)
             calls[f"model {mp:g}"] = lambda x=x: seg.forward(x)
-        t = common.time_interleaved(calls, args.http_rounds, warmup=1, max_seconds=args.max_seconds)
+        t = common.time_interleaved(calls, args.http_rounds, warmup=1, max_seconds=args.max_seconds, settle_s=SETTLE_S)
     return {mp: {"http": t[f"http {mp:g}"], "model": t[f"model {mp:g}"]} for mp in photos}
 
 

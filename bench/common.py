@@ -130,12 +130,16 @@ def time_interleaved(
     device: torch.device | str = "cpu",
     max_seconds: float | None = None,
     min_rounds: int = 3,
+    settle_s: float = 0.0,
 ) -> dict[str, Timing]:
     """Time several candidates round-robin (one call of each per round), so background load hits them alike.
 
     On a shared machine this is what makes their ratios meaningful: a burst of load slows one round of every
     candidate instead of all the calls of one of them. ``max_seconds`` stops after the round that passes it
-    (but not before ``min_rounds`` rounds).
+    (but not before ``min_rounds`` rounds). ``settle_s``: an idle pause before each call, for candidates from
+    different thread pools: torch's OpenMP workers and ONNX Runtime's both spin-wait for a while after a call, and
+    without the pause they take cores from whichever call comes next (bench/__main__.py measured ONNX Runtime
+    20% slower right after torch's matmul probe than on its own).
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -145,6 +149,8 @@ def time_interleaved(
     start = time.perf_counter()
     for i in range(rounds):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             fn()
             sync(device)
