@@ -48,7 +48,7 @@ def guided_upsample(
     guide: Image.Image,
     radius: int = 4,
     eps: float = 1e-4,
-    max_side: int = 512,
+    max_side: int = 384,
     as_uint8: bool = False,
 ) -> np.ndarray:
     """Low-resolution probabilities -> HxW float32 in [0, 1] at the guide photo's size, with edges snapped to it.
@@ -59,8 +59,9 @@ def guided_upsample(
     working pixels; ``eps`` the regularisation (smaller: edges follow the photo more closely). Any aspect ratio
     of ``prob_lowres`` is fine (the model's square output is stretched back to the photo's shape).
 
-    The defaults move a 256x256 prediction's edge by up to a few pixels onto the photo's edges; a larger radius
-    corrects larger errors but also follows strong background edges next to the person.
+    The defaults move a prediction's edge by up to a few pixels onto the photo's edges; a larger radius corrects
+    larger errors but also follows strong background edges next to the person. ``max_side`` 384 (the model's input
+    size) matched 512 on val (pooled mIoU 0.8515 against 0.8513) at 0.6x the time: ``bench/upsample.py``.
     ``as_uint8``: return uint8 0-255 instead (round half up, as ``pipeline.to_uint8``), without a float copy at full
     resolution.
     """
