@@ -9,12 +9,14 @@
    interleaved with the in-process model step on the same decoded photo: e2e ratio = 1 MP HTTP p50 / model p50.
 5. 16 clients: ``serving.run_load`` (gradio_client ``/segment``) throughput vs the model-bound rate: 1 / the model
    step of one request at the shipped setting (figure 2: the photo and its mirror when ``tta_flip``). ``serving.py``'s
-   rate (1 / a batch-1 forward without the mirror, the faster of before and after the app) is shown beside it.
+   rate (1 / a batch-1 forward without the mirror, the faster of before and after the app) is shown beside it, and
+   the CPU seconds per request of the server and of the clients: they run in this process, on the same cores.
 6. live: the model step alone at the live webcam setting (``live.LIVE_OPTIONS``: 256 px, no flip) as frames per
    second, and the whole ``live.segment_frame`` beside it.
 
 Every figure uses the same torch thread count (``--threads``; default torch's), here and in the app
-(``TORCH_THREADS``). On a shared CPU compare the ratios: each is taken from calls interleaved in this run.
+(``TORCH_THREADS``). On a shared CPU compare the ratios: each is taken from calls interleaved in this run, with an
+idle pause before each call (``SETTLE_S``) so that one thread pool's spinning workers do not slow the next call.
 
     .venv/bin/python -m bench --quick      # under 3 minutes on a 2-core CPU
     .venv/bin/python -m bench              # more rounds and requests
@@ -36,6 +38,7 @@ if str(BENCH) not in sys.path:  # the scripts import each other as top-level mod
 import common  # noqa: E402
 import model_floor  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import serving  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -62,6 +65,12 @@ def model_batch(seg: Segmenter, photo: Image.Image, size: int | None = None, fli
     x = seg.preprocess([photo], size)
     flip = seg.cfg.tta_flip if flip is None else flip
     return torch.cat([x, x.flip(-1)]) if flip else x
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of ``proc`` and its threads so far."""
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def pick_weights(override: str | None) -> Path:
@@ -179,7 +188,10 @@ def main(argv: list[str] | None = None) -> None:
         ):
             http = http_figures(app.url, seg, photos, args)
             serving.run_load(app.url, client_photo, 1, 2, rss)  # warm-up, as serving.py does
+            server, here = psutil.Process(app.proc.pid), psutil.Process()
+            cpu_before = (cpu_seconds(server), cpu_seconds(here))
             load = serving.run_load(app.url, client_photo, args.clients, args.clients * args.per_client, rss)
+            cpu = (cpu_seconds(server) - cpu_before[0], cpu_seconds(here) - cpu_before[1])
     finally:
         client_photo.unlink(missing_ok=True)
     model_after = serving.model_time(weights, 10 if args.quick else 20)
@@ -244,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{serving_ratio:.2f}x",
             ">= 0.9x",
             met(serving_ratio >= TARGETS["serving"] and not load.errors),
+        ],
+        [
+            f"CPU seconds per request at {args.clients} clients: server / the clients (this process, same cores)",
+            f"{cpu[0] / max(1, len(load.latencies)):.3f} / {cpu[1] / max(1, len(load.latencies)):.3f}",
+            "–",
+            "–",
         ],
         [
             f"reference: {args.clients} clients / 1 / batch-1 forward without mirror ({common.ms(model_b1.p50)} ms)",
