@@ -31,9 +31,13 @@ def _check(image: Image.Image, mask: Image.Image, background: Image.Image | None
 
 
 def cutout(image: Image.Image, mask: Image.Image) -> Image.Image:
-    """The person on a transparent background: RGBA with ``mask`` as the alpha channel."""
+    """The person on a transparent background: RGBA with ``mask`` as the alpha channel.
+
+    Fully transparent pixels are black: dropping the alpha channel of a shared cutout must not bring back the
+    background the user cut away (it also makes the PNG smaller and quicker to encode).
+    """
     _check(image, mask)
-    out = image.copy()
+    out = Image.composite(image, Image.new("RGB", image.size), mask.point([0] + [255] * 255))
     out.putalpha(mask)
     return out
 

@@ -34,7 +34,11 @@ def test_cutout_puts_the_mask_in_alpha(scene):
     out = blend.cutout(image, mask)
     assert out.mode == "RGBA" and out.size == image.size
     assert np.array_equal(np.asarray(out)[..., 3], np.asarray(mask))
-    assert np.array_equal(np.asarray(out)[..., :3], np.asarray(image))
+    person = np.asarray(mask) > 0
+    assert np.array_equal(np.asarray(out)[person, :3], np.asarray(image)[person])
+    assert not np.asarray(out)[~person, :3].any()  # the cut-away background is gone, not just transparent
+    soft = blend.cutout(image, Image.fromarray(np.full((64, 96), 1, np.uint8), "L"))  # alpha 1/255 keeps colour
+    assert np.array_equal(np.asarray(soft)[..., :3], np.asarray(image))
     assert image.mode == "RGB"  # input untouched
 
 
