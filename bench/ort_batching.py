@@ -11,6 +11,7 @@ The shipped model segments a photo and its mirror (batch 2 at 384 px). This time
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,9 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig.load(f"{args.weights}/config.json")
-    session = onnx_session(
-        SHIPPED_WEIGHTS / ONNX_NAME if args.weights == str(SHIPPED_WEIGHTS) else f"{args.weights}/{ONNX_NAME}"
-    )
+    session = onnx_session(Path(args.weights) / ONNX_NAME)
     s = cfg.input_size
     print_machine("bench/ort_batching.py: one run of N images vs N runs of one")
     x = np.random.default_rng(0).standard_normal((4, 3, s, s)).astype(np.float32)
