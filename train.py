@@ -77,6 +77,7 @@ class TrainConfig:
     composite_p: float = 0.0
     paste_p: float = 0.0
     crop_negative_p: float = 0.0
+    subject_crop_p: float = 0.0
     dice_weight: float = 0.0
     presence_weight: float = 0.0
     init_from: str = ""
@@ -131,6 +132,7 @@ HELP: dict[str, str] = {
     "composite_p": "chance of pasting the person onto another training photo",
     "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
     "crop_negative_p": "chance that a sample is a person-free close-up cropped from its photo's background",
+    "subject_crop_p": "chance that a frame without people (Negatives) becomes a close-up of its middle (its subject)",
     "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
     "presence_weight": "effnet_unet: > 0 adds a person-presence head trained with this BCE weight",
     "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
@@ -220,6 +222,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_decay_g": 0.85,
         "lr_decay_d": 0.85,
         "init_from": "weights/robust-256/",
+    },
+    # cpu-robust-crops' model fine-tuned with close-ups of the Negatives frames' subjects too (animals and cars filling
+    # the frame: photos of a pet's face came back as a person), the Negatives drawn more often.
+    "cpu-robust-closeups": {
+        **ROBUST,
+        "epochs": 8,
+        "datasets": "Human-Segmentation-Dataset:train:0.45,PennFudanPed:train:0.25,Negatives:train:0.3",
+        "crop_negative_p": 0.25,
+        "subject_crop_p": 0.6,
+        "lr": 5e-5,
+        "lr_decay_g": 0.85,
+        "lr_decay_d": 0.85,
+        "init_from": "weights/robust-crops/",
     },
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
@@ -603,6 +618,7 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
         composite_p=cfg.composite_p,
         paste_p=cfg.paste_p,
         crop_negative_p=cfg.crop_negative_p,
+        subject_crop_p=cfg.subject_crop_p,
     )
     val_sets = [
         (src.name, SegmentationDataset(part, train=False, size=cfg.size))

@@ -233,6 +233,9 @@ class SegmentationDataset(Dataset):
     ``crop_negative_p``: chance that the sample becomes a close-up of its own photo's background instead (a crop that
     holds no person pixel, see :func:`background_crop`): walls, cars, furniture and street at object scale, so that
     the model learns that a close-up without a person is not one.
+    ``subject_crop_p``: chance that a sample whose mask is empty (a ``Negatives`` frame) becomes a close-up of the
+    middle of its frame (:func:`subject_crop`), where such footage keeps its subject: an animal or a car filling the
+    frame, as in a close-up photo of a pet, which the model otherwise calls a person.
     """
 
     def __init__(
@@ -245,8 +248,10 @@ class SegmentationDataset(Dataset):
         cache_side: int | None = 400,
         paste_p: float = 0.0,
         crop_negative_p: float = 0.0,
+        subject_crop_p: float = 0.0,
     ) -> None:
         self.pairs = pairs
+        self.subject_crop_p = subject_crop_p if train else 0.0
         self.crop_negative_p = crop_negative_p if train else 0.0
         self.train = train
         self.composite_p = composite_p if train else 0.0
@@ -266,13 +271,16 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.images[i], self.masks[i]
-        if self.crop_negative_p and random.random() < self.crop_negative_p:
+        box = None
+        if self.subject_crop_p and random.random() < self.subject_crop_p and not bool((mask > 127).any()):
+            box = subject_crop(tuple(mask.shape[-2:]), random.random)
+        elif self.crop_negative_p and random.random() < self.crop_negative_p:
             box = background_crop(mask, random.random)
-            if box is not None:
-                top, left, h, w = box
-                image, mask = image[:, top : top + h, left : left + w], mask[:, top : top + h, left : left + w]
-                img_t, mask_t = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-                return img_t.as_subclass(torch.Tensor), torch.full(mask_t.shape, -1.0)
+        if box is not None:
+            top, left, h, w = box
+            image, mask = image[:, top : top + h, left : left + w], mask[:, top : top + h, left : left + w]
+            img_t, mask_t = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            return img_t.as_subclass(torch.Tensor), torch.full(mask_t.shape, -1.0)
         if self.composite_p and len(self) > 1 and random.random() < self.composite_p:
             image, mask = self._composite(image, mask, random.randrange(len(self)))
         if self.paste_p and self.donors and random.random() < self.paste_p:
@@ -314,6 +322,19 @@ def background_crop(
         if int(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) == 0:
             return top, left, h, w
     return None
+
+
+def subject_crop(size: tuple[int, int], rand: Callable[[], float]) -> tuple[int, int, int, int]:
+    """A box (top, left, h, w) around the middle of an (H, W) frame: 35-75% of the shorter side high, aspect ratio
+    0.7-1.3, its centre within the middle 40% of each side. Footage of one subject keeps it there, so the box is a
+    close-up of it (the caller only crops frames known to hold no person)."""
+    H, W = size
+    h = min(H, max(8, round((0.35 + 0.4 * rand()) * min(H, W))))
+    w = min(W, max(8, round(h * (0.7 + 0.6 * rand()))))
+    cy, cx = H * (0.3 + 0.4 * rand()), W * (0.3 + 0.4 * rand())
+    top = min(max(0, round(cy - h / 2)), H - h)
+    left = min(max(0, round(cx - w / 2)), W - w)
+    return top, left, h, w
 
 
 def paste_person(

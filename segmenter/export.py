@@ -203,7 +203,7 @@ original size, mean per photo. Regenerate with `python -m segmenter.evaluate <th
 Training ID `{run_id}`, preset `{preset}`: `{command}`{resumed}.
 Generator `{arch}`, {objective},
 Adam lr {lr} betas ({beta1}, {beta2}), {epochs} epochs, batch {batch_size}, augmentation `{aug}`
-(copy-paste p={paste_p}, compositing p={composite_p}, person-free background close-ups p={crop_negative_p}){init_note}. The model kept is the best epoch by the mean
+(copy-paste p={paste_p}, compositing p={composite_p}, person-free background close-ups p={crop_negative_p}, close-ups of the middle of frames without people p={subject_crop_p}){init_note}. The model kept is the best epoch by the mean
 validation IoU of the validation sets (epoch {best_epoch}). No test row was used for training or for choosing.
 
 ## Data
@@ -295,6 +295,7 @@ def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) ->
             "presence_note": presence_note,
             "paste_p": cfg.get("paste_p", 0.0),
             "crop_negative_p": cfg.get("crop_negative_p", 0.0),
+            "subject_crop_p": cfg.get("subject_crop_p", 0.0),
             "init_note": f", starting from the generator in `{cfg['init_from']}`" if cfg.get("init_from") else "",
         }
     )

@@ -13,7 +13,14 @@ from helpers import make_presence_weights, make_tiny_weights, noise_photo, scene
 from PIL import Image
 
 from segmenter import Segmenter, mask
-from segmenter.data import SegmentationDataset, background_crop, load_pairs, parse_sources, paste_person
+from segmenter.data import (
+    SegmentationDataset,
+    background_crop,
+    load_pairs,
+    parse_sources,
+    paste_person,
+    subject_crop,
+)
 from segmenter.pipeline import Background, Options, binarize, finish, threshold_level
 
 
@@ -141,6 +148,36 @@ def test_background_crops_hold_no_person_and_keep_their_distance() -> None:
     assert lefts == {True, False}  # from both sides of the person
     full = torch.full((1, 50, 50), 255, dtype=torch.uint8)
     assert background_crop(full, rng.random) is None  # nothing but person: no crop
+
+
+def test_subject_crops_are_close_ups_of_the_middle_of_the_frame() -> None:
+    rng = random.Random(0)
+    boxes = [subject_crop((225, 400), rng.random) for _ in range(300)]
+    for top, left, h, w in boxes:
+        assert top >= 0 and top + h <= 225 and left >= 0 and left + w <= 400
+        assert 0.3 * 225 <= h <= 0.8 * 225 and 0.6 * h <= w <= 1.4 * h
+        assert 225 * 0.2 <= top + h / 2 <= 225 * 0.8 and 400 * 0.25 <= left + w / 2 <= 400 * 0.75
+    assert all(box[2] <= 20 and box[3] <= 20 for box in (subject_crop((20, 20), rng.random) for _ in range(20)))
+
+
+def test_only_frames_without_people_become_subject_close_ups(tmp_path: Path) -> None:
+    csv_path = write_dataset(tmp_path, [(300, 220), (180, 260)], ["train"] * 2)
+    ds = SegmentationDataset(load_pairs(csv_path), train=True, size=64, aug="pix2pix", subject_crop_p=1.0)
+    plain = SegmentationDataset(load_pairs(csv_path), train=True, size=64, aug="pix2pix")
+    random.seed(0)
+    torch.manual_seed(0)
+    assert not any(ds[k % 2][1].eq(-1).all() for k in range(10))  # these photos show a person: left as they are
+    for d in (ds, plain):  # now a frame without people: a bright subject in the middle of a dark frame
+        d.masks[0] = torch.zeros_like(d.masks[0])
+        d.images[0] = torch.zeros_like(d.images[0])
+        h, w = d.images[0].shape[-2:]
+        d.images[0][:, h * 2 // 5 : h * 3 // 5, w * 2 // 5 : w * 3 // 5] = 255  # 4% of the frame
+
+    def subject_share(d: SegmentationDataset) -> float:
+        return sum(float(d[0][0].gt(0).float().mean()) for _ in range(30)) / 30
+
+    assert all(ds[0][1].eq(-1).all() for _ in range(10))
+    assert subject_share(ds) > 2 * subject_share(plain) > 0.02  # the subject fills far more of a close-up
 
 
 def test_crop_negatives_are_labelled_empty(tmp_path: Path) -> None:
