@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
+from .export import CONFIG_NAME
 from .inference import ENGINES, Segmenter
 from .metrics import METRICS, mean_scores, score
 from .pipeline import Options
@@ -143,6 +145,22 @@ def write_card_results(card: Path, table: str, argv: list[str] | None) -> None:
     card.write_text(text[:start] + section + (text[end:] if end != -1 else ""))
 
 
+def write_config_metrics(config: Path, results: list[tuple[str, str, dict]]) -> None:
+    """Put the val and test rows into ``config.json``'s ``meta.metrics`` (what the Space's Model tab shows), as the
+    export does, so that card, config and README carry the same figures; other keys stay as they are."""
+    cfg = json.loads(config.read_text())
+    metrics = cfg.setdefault("meta", {}).setdefault("metrics", {})
+    for name, split, means in results:
+        if split in ("val", "test"):
+            metrics[f"{name}/{split}"] = {
+                "images": means["photos"],
+                **{k: round(v, 4) for k, v in means.items() if k != "photos"},
+            }
+    tmp = config.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp.replace(config)
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -174,7 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--upsample", choices=["guided", "bilinear"], default="guided", help="default: %(default)s")
     parser.add_argument("--csv", type=Path, default=None, help="also write per-image scores to this CSV file")
     parser.add_argument(
-        "--card", action="store_true", help="with --all: put the table, and this command, in the weights' README.md"
+        "--card",
+        action="store_true",
+        help="with --all: put the table, and this command, in the weights' README.md, and the val and test figures in "
+        "its config.json (meta.metrics: the Space's Model tab)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument(
@@ -235,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
     if args.card:
         write_card_results(Path(args.weights) / "README.md", format_table(results), argv)
-        print(f"\nmodel card updated: {Path(args.weights) / 'README.md'}")
+        write_config_metrics(Path(args.weights) / CONFIG_NAME, results)
+        print(f"\nmodel card updated: {Path(args.weights) / 'README.md'}, and meta.metrics in its {CONFIG_NAME}")
     if args.csv is not None:
         write_csv(all_rows, args.csv)
         print(f"\nper-image scores: {args.csv}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def test_all_splits_table_goes_into_the_model_card(tmp_path: Path, all_on: Path,
     assert f"`python -m segmenter.evaluate {' '.join(argv)}`" in card and table in card
     rows = [line.split(" | ")[1] for line in card.splitlines() if line.startswith("| people")]
     assert rows == ["train", "val"]  # test rows are read only for the published dataset
+    metrics = json.loads((weights / "config.json").read_text())["meta"]["metrics"]  # what the Model tab shows
+    val_row = next(line for line in card.splitlines() if line.startswith("| people | val |"))
+    assert "people/train" not in metrics and metrics["people/val"]["images"] == 1
+    assert f"| {metrics['people/val']['iou']:.4f} |" in val_row
 
 
 def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
