@@ -11,6 +11,8 @@
    step of one request at the shipped setting (figure 2: the photo and its mirror when ``tta_flip``). ``serving.py``'s
    rate (1 / a batch-1 forward without the mirror, the faster of before and after the app) is shown beside it, and
    the CPU seconds per request of the server and of the clients: they run in this process, on the same cores.
+   For reference, the same number of requests as plain ``POST /api/segment`` from as many httpx threads: clients
+   that cost far less than gradio_client's queue protocol, and a server path without Gradio's queue.
 6. live: the model step alone at the live webcam setting (``live.LIVE_OPTIONS``: 256 px, no flip) as frames per
    second, and the whole ``live.segment_frame`` beside it.
 
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -142,6 +146,40 @@ def http_figures(
     return {mp: {"http": t[f"http {mp:g}"], "model": t[f"model {mp:g}"]} for mp in photos}
 
 
+def http_load(url: str, data: bytes, clients: int, requests: int, output: str) -> serving.Load:
+    """``requests`` POSTs of one photo to /api/segment from ``clients`` threads, each with its own httpx.Client
+    (keep-alive): the server's throughput when the clients cost little, unlike gradio_client's queue protocol."""
+    import httpx
+
+    result = serving.Load(clients)
+    lock = threading.Lock()
+    remaining = [requests]
+
+    def worker() -> None:
+        with httpx.Client(timeout=300) as client:
+            while True:
+                with lock:
+                    if remaining[0] == 0:
+                        return
+                    remaining[0] -= 1
+                t0 = time.perf_counter()
+                try:
+                    files = {"file": ("photo.jpg", data, "image/jpeg")}
+                    r = client.post(f"{url}api/segment", files=files, params={"output": output})
+                    err = "" if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:200]}"
+                except Exception as e:  # any failure counts as an error of the app under load
+                    err = f"{type(e).__name__}: {e}"[:200]
+                with lock:
+                    (result.errors.append(err) if err else result.latencies.append(time.perf_counter() - t0))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(worker) for _ in range(clients)]:
+            future.result()
+    result.wall = time.perf_counter() - start
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,12 +230,18 @@ def main(argv: list[str] | None = None) -> None:
             cpu_before = (cpu_seconds(server), cpu_seconds(here))
             load = serving.run_load(app.url, client_photo, args.clients, args.clients * args.per_client, rss)
             cpu = (cpu_seconds(server) - cpu_before[0], cpu_seconds(here) - cpu_before[1])
+            cpu_before = (cpu_seconds(server), cpu_seconds(here))
+            http_clients = http_load(
+                app.url, client_photo.read_bytes(), args.clients, args.clients * args.per_client, args.output
+            )
+            http_cpu = (cpu_seconds(server) - cpu_before[0], cpu_seconds(here) - cpu_before[1])
     finally:
         client_photo.unlink(missing_ok=True)
     model_after = serving.model_time(weights, 10 if args.quick else 20)
     model_b1 = min(model_before, model_after, key=lambda t: t.p50)
-    if load.errors:
-        print(f"{len(load.errors)} errors at {args.clients} clients, first: {load.errors[0]}\n")
+    for name, result in (("gradio_client", load), ("HTTP", http_clients)):
+        if result.errors:
+            print(f"{len(result.errors)} errors at {args.clients} {name} clients, first: {result.errors[0]}\n")
 
     floor_ratio = floor["model"].p50 / floor["floor_s"]
     e2e = {mp: t["http"].p50 / t["model"].p50 for mp, t in http.items()}
@@ -260,6 +304,16 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"CPU seconds per request at {args.clients} clients: server / the clients (this process, same cores)",
             f"{cpu[0] / max(1, len(load.latencies)):.3f} / {cpu[1] / max(1, len(load.latencies)):.3f}",
+            "–",
+            "–",
+        ],
+        [
+            f"reference: {args.clients} plain HTTP clients (POST /api/segment, httpx threads): img/s "
+            f"({len(http_clients.latencies)} ok, {len(http_clients.errors)} errors), / model-bound, "
+            "CPU s per request server / clients",
+            f"{http_clients.throughput:.2f}, {http_clients.throughput / model_rate:.2f}x, "
+            f"{http_cpu[0] / max(1, len(http_clients.latencies)):.3f} / "
+            f"{http_cpu[1] / max(1, len(http_clients.latencies)):.3f}",
             "–",
             "–",
         ],
