@@ -223,8 +223,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_decay_d": 0.85,
         "init_from": "weights/robust-256/",
     },
-    # cpu-robust-crops' model fine-tuned with close-ups of the Negatives frames' subjects too (animals and cars filling
-    # the frame: photos of a pet's face came back as a person), the Negatives drawn more often.
+    # The shipped cpu-robust-crops model fine-tuned with close-ups of the Negatives frames' subjects too (animals and
+    # cars filling the frame: photos of a pet's face came back as a person), the Negatives drawn more often. Not
+    # shipped: it cost val mIoU and changed no answer on the foreign photos (README, Ablations).
     "cpu-robust-closeups": {
         **ROBUST,
         "epochs": 8,
@@ -234,7 +235,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 5e-5,
         "lr_decay_g": 0.85,
         "lr_decay_d": 0.85,
-        "init_from": "weights/robust-crops/",
+        "init_from": "weights/",  # the shipped cpu-robust-crops model
     },
     # The from-scratch pix2pix U-Net at a width a CPU can train.
     "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
