@@ -17,7 +17,9 @@
    second, and the whole ``live.segment_frame`` beside it.
 
 Every figure uses the same torch thread count (``--threads``; default torch's), here and in the app
-(``TORCH_THREADS``). On a shared CPU compare the ratios: each is taken from calls interleaved in this run, with an
+(``TORCH_THREADS``), except the 16 clients: they load a second app started with the Space's own settings (two model
+calls at once, one thread each on 2 cores: the best throughput, measured by ``--serving-threads same`` against it),
+while the model-bound rate stays that of one request on all ``--threads``. On a shared CPU compare the ratios: each is taken from calls interleaved in this run, with an
 idle pause before each call (``SETTLE_S``) so that one thread pool's spinning workers do not slow the next call.
 
     .venv/bin/python -m bench --quick      # under 3 minutes on a 2-core CPU
@@ -192,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--http-rounds", type=int, default=12, help="interleaved rounds: HTTP requests vs model step")
     p.add_argument("--per-client", type=int, default=4, help="requests per client at 16 clients")
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument(
+        "--serving-threads",
+        choices=["space", "same"],
+        default="space",
+        help="the app under 16 clients: the Space's own thread settings (default) or --threads like the rest",
+    )
     p.add_argument("--serving-mp", type=float, default=0.3, help="photo size for the clients (serving.py's default)")
     p.add_argument("--output", choices=["mask", "cutout", "overlay"], default="mask", help="/api/segment ?output=")
     p.add_argument("--max-seconds", type=float, default=40.0, help="stop adding rounds to a block after this long")
@@ -210,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"weights: {common.weights_label(weights)} ({seg.cfg.arch}, input {seg.cfg.input_size}{flip}); "
         f"engine {seg.engine}; torch threads {threads} here and in the app (TORCH_THREADS); "
-        f"HTTP ?output={args.output}; {args.clients} clients on {args.serving_mp:g} MP photos\n",
+        f"HTTP ?output={args.output}; {args.clients} clients on {args.serving_mp:g} MP photos, against the app with "
+        f"{'the Space defaults (CONCURRENCY 2, TORCH_THREADS cores / 2)' if args.serving_threads == 'space' else 'TORCH_THREADS ' + str(threads)}\n",
         flush=True,
     )
 
@@ -219,12 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     model_before = serving.model_time(weights, 10 if args.quick else 20)  # serving.py's model-bound rate
     photos = {mp: common.jpeg_bytes(mp) for mp in (1.0, 12.0)}
     client_photo = common.write_temp_jpeg(common.jpeg_bytes(args.serving_mp))
+    serving_env = {} if args.serving_threads == "space" else {"TORCH_THREADS": str(threads)}
     try:
-        with (
-            common.running_app(weights, env={"TORCH_THREADS": str(threads)}) as app,
-            serving.RssSampler(app.proc.pid) as rss,
-        ):
+        with common.running_app(weights, env={"TORCH_THREADS": str(threads)}) as app:
             http = http_figures(app.url, seg, photos, args)
+        # Under load, the app as the Space runs it: CONCURRENCY model calls at once, cores / CONCURRENCY threads each.
+        with common.running_app(weights, env=serving_env) as app, serving.RssSampler(app.proc.pid) as rss:
             serving.run_load(app.url, client_photo, 1, 2, rss)  # warm-up, as serving.py does
             server, here = psutil.Process(app.proc.pid), psutil.Process()
             cpu_before = (cpu_seconds(server), cpu_seconds(here))
