@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -153,33 +151,21 @@ def http_load(url: str, data: bytes, clients: int, requests: int, output: str) -
     (keep-alive): the server's throughput when the clients cost little, unlike gradio_client's queue protocol."""
     import httpx
 
-    result = serving.Load(clients)
-    lock = threading.Lock()
-    remaining = [requests]
+    def sender(client: httpx.Client) -> Callable[[], None]:
+        def send() -> None:
+            files = {"file": ("photo.jpg", data, "image/jpeg")}
+            r = client.post(f"{url}api/segment", files=files, params={"output": output})
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
 
-    def worker() -> None:
-        with httpx.Client(timeout=300) as client:
-            while True:
-                with lock:
-                    if remaining[0] == 0:
-                        return
-                    remaining[0] -= 1
-                t0 = time.perf_counter()
-                try:
-                    files = {"file": ("photo.jpg", data, "image/jpeg")}
-                    r = client.post(f"{url}api/segment", files=files, params={"output": output})
-                    err = "" if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:200]}"
-                except Exception as e:  # any failure counts as an error of the app under load
-                    err = f"{type(e).__name__}: {e}"[:200]
-                with lock:
-                    (result.errors.append(err) if err else result.latencies.append(time.perf_counter() - t0))
+        return send
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(worker) for _ in range(clients)]:
-            future.result()
-    result.wall = time.perf_counter() - start
-    return result
+    pool = [httpx.Client(timeout=300) for _ in range(clients)]
+    try:
+        return serving.drive([sender(client) for client in pool], requests)
+    finally:
+        for client in pool:
+            client.close()
 
 
 def main(argv: list[str] | None = None) -> None:

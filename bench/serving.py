@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import common
@@ -87,16 +89,14 @@ class Load:
         return len(self.latencies) / self.wall if self.wall else 0.0
 
 
-def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler, rss_every: int = 0) -> Load:
-    """``requests`` requests from ``clients`` concurrent clients (each its own Client). With ``rss_every``, the
-    server's RSS is read each time that many more requests have completed (``Load.rss_trace``)."""
-    result = Load(clients)
+def drive(sends: list[Callable[[], object]], requests: int, on_done: Callable[[int], None] | None = None) -> Load:
+    """``requests`` requests in all, one thread per ``send`` (a client's one request; raising counts as an error),
+    each sending again as soon as its last answer came. ``on_done(n)`` runs (under the lock) after each of them."""
+    result = Load(len(sends))
     lock = threading.Lock()
     remaining = [requests]
-    done = [0]
-    pool_clients = [common.gradio_client(url, download=False) for _ in range(clients)]
 
-    def worker(client: object) -> None:
+    def worker(send: Callable[[], object]) -> None:
         while True:
             with lock:
                 if remaining[0] == 0:
@@ -104,24 +104,35 @@ def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler
                 remaining[0] -= 1
             t0 = time.perf_counter()
             try:
-                common.call_segment(client, photo)
-                ok, err = True, ""
+                send()
+                err = ""
             except Exception as e:  # any failure counts as an error of the app under load
-                ok, err = False, f"{type(e).__name__}: {e}"[:200]
+                err = f"{type(e).__name__}: {e}"[:200]
             with lock:
-                if ok:
-                    result.latencies.append(time.perf_counter() - t0)
-                else:
-                    result.errors.append(err)
-                done[0] += 1
-                if rss_every and done[0] % rss_every == 0:
-                    result.rss_trace.append((done[0], rss.rss()))
+                (result.errors.append(err) if err else result.latencies.append(time.perf_counter() - t0))
+                if on_done is not None:
+                    on_done(len(result.latencies) + len(result.errors))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(sends)) as pool:
+        list(pool.map(worker, sends))
+    result.wall = time.perf_counter() - start
+    return result
+
+
+def run_load(url: str, photo: Path, clients: int, requests: int, rss: RssSampler, rss_every: int = 0) -> Load:
+    """``requests`` requests from ``clients`` concurrent clients (each its own Client). With ``rss_every``, the
+    server's RSS is read each time that many more requests have completed (``Load.rss_trace``)."""
+    pool_clients = [common.gradio_client(url, download=False) for _ in range(clients)]
+    trace: list[tuple[int, int]] = []
+
+    def sample(done: int) -> None:
+        if rss_every and done % rss_every == 0:
+            trace.append((done, rss.rss()))
 
     rss.reset()
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(worker, pool_clients))
-    result.wall = time.perf_counter() - start
+    result = drive([partial(common.call_segment, client, photo) for client in pool_clients], requests, sample)
+    result.rss_trace = trace
     result.peak_rss = rss.peak()
     return result
 

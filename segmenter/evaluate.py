@@ -145,6 +145,11 @@ def write_card_results(card: Path, table: str, argv: list[str] | None) -> None:
     card.write_text(text[:start] + section + (text[end:] if end != -1 else ""))
 
 
+def metrics_record(means: dict[str, float], images: int) -> dict[str, float]:
+    """One split's means as ``config.json``'s ``meta.metrics`` keeps them: the photo count, figures to 4 places."""
+    return {"images": images, **{k: round(v, 4) for k, v in means.items()}}
+
+
 def write_config_metrics(config: Path, results: list[tuple[str, str, dict]]) -> None:
     """Put the val and test rows into ``config.json``'s ``meta.metrics`` (what the Space's Model tab shows), as the
     export does, so that card, config and README carry the same figures; other keys stay as they are."""
@@ -152,10 +157,9 @@ def write_config_metrics(config: Path, results: list[tuple[str, str, dict]]) -> 
     metrics = cfg.setdefault("meta", {}).setdefault("metrics", {})
     for name, split, means in results:
         if split in ("val", "test"):
-            metrics[f"{name}/{split}"] = {
-                "images": means["photos"],
-                **{k: round(v, 4) for k, v in means.items() if k != "photos"},
-            }
+            metrics[f"{name}/{split}"] = metrics_record(
+                {k: v for k, v in means.items() if k != "photos"}, means["photos"]
+            )
     tmp = config.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     tmp.replace(config)

@@ -367,7 +367,7 @@ def export_run(
 
     ``val_sets`` and ``test_sets`` are (name, pairs); a set whose masks are all empty counts as photos without people.
     """
-    from .evaluate import evaluate
+    from .evaluate import evaluate, metrics_record
     from .inference import Segmenter
 
     save_pretrained(G, mcfg, out, half=half)
@@ -383,7 +383,7 @@ def export_run(
     metrics = {}
     for name, pairs in [*val_sets, *test_sets]:
         means, _ = evaluate(seg, pairs, progress=False)
-        metrics[name] = {"images": len(pairs), **{k: round(v, 4) for k, v in means.items()}}
+        metrics[name] = metrics_record(means, len(pairs))
     seg.cfg.meta["metrics"] = metrics
     seg.cfg.save(out / CONFIG_NAME)
     return seg.cfg
