@@ -80,6 +80,7 @@ class TrainConfig:
     subject_crop_p: float = 0.0
     dice_weight: float = 0.0
     presence_weight: float = 0.0
+    scene_prior: bool = False  # at export, fit a frozen-ImageNet probe that can veto the presence head
     init_from: str = ""
     seed: int = 0
     device: str = "auto"
@@ -135,6 +136,8 @@ HELP: dict[str, str] = {
     "subject_crop_p": "chance that a frame without people (Negatives) becomes a close-up of its middle (its subject)",
     "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
     "presence_weight": "effnet_unet: > 0 adds a person-presence head trained with this BCE weight",
+    "scene_prior": "at export, fit a linear probe on frozen ImageNet Lite0 features (segmenter.scene) that can "
+    "veto the presence head: close-ups of animals and objects the training data lacks",
     "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
     "seed": "random seed (rank r of a DDP run uses seed + r)",
     "device": "auto: cuda when available",
@@ -218,6 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **ROBUST,
         "epochs": 8,
         "crop_negative_p": 0.25,
+        "scene_prior": True,
         "lr": 5e-5,
         "lr_decay_g": 0.85,
         "lr_decay_d": 0.85,
@@ -280,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--size {cfg.size}: pix2pix_unet needs a power of two >= 32")
     if cfg.arch == "effnet_unet" and (cfg.size < 32 or cfg.size % 32):
         parser.error(f"--size {cfg.size}: effnet_unet needs a multiple of 32")
+    if cfg.scene_prior and not (cfg.arch == "effnet_unet" and cfg.presence_weight > 0):
+        parser.error("--scene-prior vetoes the presence head: it needs --arch effnet_unet and --presence-weight > 0")
     try:
         sources(cfg)
     except ValueError as e:
@@ -490,7 +496,19 @@ def export(
             with contextlib.suppress(ValueError):
                 test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
     tune = cfg.tune_inference and _has_split_sources(cfg)
-    mcfg = export_run(G, mcfg, out, val_sets, test_sets, tune=tune, half=cfg.half, max_size=cfg.tune_max_size or None)
+    train_sources, _ = sources(cfg)
+    scene_train = [p for src in train_sources for p in load_pairs(src.path, src.split)] if cfg.scene_prior else None
+    mcfg = export_run(
+        G,
+        mcfg,
+        out,
+        val_sets,
+        test_sets,
+        tune=tune,
+        half=cfg.half,
+        max_size=cfg.tune_max_size or None,
+        scene_train=scene_train,
+    )
     write_card(out, dataclasses.asdict(cfg), mcfg)
     if cfg.export_to:
         copy_export(out, Path(cfg.export_to))
@@ -652,6 +670,7 @@ def init_generator(G: nn.Module, weights: str) -> None:
     from segmenter.inference import Segmenter
 
     state = Segmenter.from_pretrained(weights, device="cpu").model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("scene.")}  # refitted at export, never trained
     missing, unexpected = G.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("presence.") for k in missing):
         raise SystemExit(

