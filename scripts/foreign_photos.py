@@ -9,6 +9,7 @@ trains or chooses a model.
 
     .venv/bin/python scripts/foreign_photos.py                     # weights/
     .venv/bin/python scripts/foreign_photos.py runs/RUN/export weights/
+    .venv/bin/python scripts/foreign_photos.py weights/ --without-scene-prior --pasted-val   # needs ../shared/data
 """
 
 from __future__ import annotations
@@ -57,23 +58,55 @@ PHOTOS: dict[str, tuple[bool, Callable[[], np.ndarray]]] = {
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("weights", nargs="*", default=["weights/"], help="weights folders (default: weights/)")
+    p.add_argument(
+        "--without-scene-prior",
+        action="store_true",
+        help="also a column for each weights folder with a scene prior, with the prior taken out (torch engine)",
+    )
+    p.add_argument(
+        "--pasted-val",
+        action="store_true",
+        help="also count how many val people pasted onto the val frames without people each column misses",
+    )
     args = p.parse_args(argv)
+    pasted = pasted_photos() if args.pasted_val else []
+    missed = []
     photos = {name: Image.fromarray(pixels()).convert("RGB") for name, (_, pixels) in PHOTOS.items()}
-    header = ["photo", "person in it", *(f"{w}: presence / person share / reported" for w in args.weights)]
+    columns = [(w, False) for w in args.weights]
+    if args.without_scene_prior:
+        columns += [(w, True) for w in args.weights if Segmenter.from_pretrained(w, device="cpu").cfg.scene_prior]
+    names = [f"{w} without its scene prior" if ablate else w for w, ablate in columns]
+    header = ["photo", "person in it", *(f"{n}: presence / person share / reported" for n in names)]
     rows = [[name, "yes" if person else "no"] for name, (person, _) in PHOTOS.items()]
-    for weights in args.weights:
-        seg = Segmenter.from_pretrained(weights, device="cpu")
+    for weights, ablate in columns:
+        seg = Segmenter.from_pretrained(weights, device="cpu", engine="torch" if ablate else "auto")
+        if ablate:  # the presence head alone decides (the ONNX graph holds the prior, so eager torch runs)
+            seg.model.scene = None
         for row, photo in zip(rows, photos.values(), strict=True):
             r = seg.segment(photo)
             presence = "n/a" if r.presence is None else f"{r.presence:.2f}"
             row.append(f"{presence} / {r.share:.1%} / {'no person' if r.no_person else 'person'}")
+        missed.append(sum(r.no_person for r in seg.segment_many(pasted)))
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    for col, weights in enumerate(args.weights, start=2):
+    for col, name in enumerate(names, start=2):
         right = sum(row[col].endswith("/ person") == (row[1] == "yes") for row in rows)
-        print(f"{weights}: {right} of {len(rows)} photos answered right (person / no person)")
+        print(f"{name}: {right} of {len(rows)} photos answered right (person / no person)")
+    for name, n in zip(names, missed, strict=True) if pasted else ():
+        print(f"{name}: {n} of {len(pasted)} val people pasted onto val frames without people reported no person")
+
+
+def pasted_photos() -> list[Image.Image]:
+    """Each val person of the shared datasets pasted onto a val frame without people (segmenter.scene.pasted_val):
+    people beside a dog or a car, which no val photo shows. Val rows only; nothing is chosen by it."""
+    from segmenter.data import DATA_ROOT, parse_sources
+    from segmenter.scene import pasted_val, split_pairs
+
+    spec = "Human-Segmentation-Dataset:val,PennFudanPed:val,Negatives:val"
+    person, empty = split_pairs(parse_sources(spec, DATA_ROOT, "val"))
+    return [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in pasted_val(person, empty)]
 
 
 if __name__ == "__main__":

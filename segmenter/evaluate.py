@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"weights: {args.weights} ({seg.cfg.arch}{', sha256 ' + sha[:12] if sha else ''}), "
         f"input {seg.cfg.input_size}px{' + flip' if seg.cfg.tta_flip else ''}, presence head "
-        f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}, "
+        f"{'yes, threshold ' + format(seg.cfg.presence_threshold, 'g') if info['presence_head'] else 'no'}"
+        f"{' + scene prior' if seg.cfg.scene_prior else ''}, "
         f"{seg.device} {seg.engine}, {torch.get_num_threads()} threads"
     )
     print(

@@ -138,3 +138,31 @@ def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
     assert "| coffee | no | 0.99 / 100.0% / person | 0.01 / 0.0% / no person |" in out
     assert f"{everyone}: {with_person} of {len(rows)} photos answered right" in out
     assert f"{nobody}: {len(rows) - with_person} of {len(rows)} photos answered right" in out
+
+
+def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--without-scene-prior adds a column where the presence head alone decides."""
+    import importlib.util
+
+    from helpers import export_tiny
+    from torch import nn
+
+    from segmenter.config import ModelConfig
+
+    def head_yes_prior_no(net: nn.Module) -> None:
+        net.head.weight.zero_()
+        net.head.bias.fill_(5.0)
+        net.presence.mlp[-1].weight.zero_()
+        net.presence.mlp[-1].bias.fill_(5.0)
+        net.scene.probe.weight.zero_()
+        net.scene.probe.bias.fill_(-5.0)
+
+    cfg = ModelConfig(arch="effnet_unet", input_size=64, presence_head=True, scene_prior=True)
+    vetoed = export_tiny(tmp_path / "vetoed", cfg, head_yes_prior_no)
+    spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([str(vetoed), "--without-scene-prior"])
+    out = capsys.readouterr().out
+    assert "| coffee | no | 0.01 / 0.0% / no person | 0.99 / 100.0% / person |" in out
+    assert f"{vetoed} without its scene prior: " in out

@@ -162,5 +162,20 @@ def test_shipped_weights_say_no_person_to_animal_close_ups() -> None:
     cheetah = Path(gradio.__file__).parent / "media_assets" / "images" / "cheetah1.jpg"
     assert seg.segment(Image.fromarray(skimage_data.chelsea())).no_person
     assert seg.segment(Image.open(cheetah)).no_person
+    assert seg.segment(Image.open(REPO_ROOT / "examples" / "no_person_coffee.jpg")).no_person  # the Space's example
     assert not seg.segment(Image.fromarray(skimage_data.astronaut())).no_person
     assert not seg.segment(Image.open(REPO_ROOT / "examples" / "portrait.jpg")).no_person
+
+
+def test_the_model_tab_names_the_prior_and_counts_the_generator_alone(tmp_path: Path) -> None:
+    from helpers import make_presence_weights
+
+    from segmenter.server.views import model_card
+
+    plain = Segmenter.from_pretrained(make_presence_weights(tmp_path / "plain"), device="cpu")
+    with_prior = Segmenter.from_pretrained(export_tiny(tmp_path / "prior", ModelConfig(**CFG, scene_prior=True)))
+    plain_tab, prior_tab = model_card(plain, "off"), model_card(with_prior, "off")
+    assert "| Scene prior | no |" in plain_tab
+    assert "| Scene prior | yes: a frozen ImageNet EfficientNet-Lite0 (3.37 M parameters)" in prior_tab
+    generator = plain_tab.split("| Generator |")[1].split("|")[0]
+    assert generator == prior_tab.split("| Generator |")[1].split("|")[0]  # the same generator, prior apart

@@ -324,6 +324,18 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
     )
     assert "`PennFudanPed` split `train`, sampling weight 0.3: street photos" in card
     assert "`Negatives/val`" in card and "presence head" in card and "{" not in card
+    assert "scene prior" not in card
+    mcfg.scene_prior = True
+    mcfg.meta["scene_prior"] = {
+        "weight_decay": 0.1,
+        "threshold": 0.42,
+        "lowest_with_person": 0.84,
+        "train_samples": {"person": 561, "no_person": 564},
+    }
+    write_card(tmp_path, dataclasses.asdict(cfg), mcfg)
+    card = (tmp_path / "README.md").read_text()
+    assert "A scene prior can veto it" in card and "(561 samples with a person, 564 without)" in card
+    assert "below 0.42 (half the lowest val score of a photo with a person, 0.840)" in card
 
 
 def test_a_finished_run_folder_is_not_overwritten(one_epoch: Path, data: Path) -> None:

@@ -45,7 +45,15 @@ def model_card(seg: Segmenter, live_note: str, space_id: str | None = None, zero
     """Markdown for the Model tab, from the weights' config meta."""
     info = seg.info()
     metrics = info.get("metrics") or {}
-    params = sum(p.numel() for p in seg.model.parameters())
+    scene = getattr(seg.model, "scene", None)
+    params = sum(p.numel() for name, p in seg.model.named_parameters() if not name.startswith("scene."))
+    prior = (seg.cfg.meta.get("scene_prior") or {}).get("threshold")
+    veto = (
+        f"yes: a frozen ImageNet EfficientNet-Lite0 ({sum(p.numel() for p in scene.parameters()) / 1e6:.2f} M "
+        f"parameters) and a linear probe can veto the head{f' below {prior:.3f}' if prior is not None else ''}"
+        if scene is not None
+        else "no"
+    )
     size = seg.cfg.input_size
     rows = [
         f"| {name} | {m['iou']:.3f} | {m.get('person_share', 0):.2%} | {m.get('no_person', 0):.0%} |"
@@ -63,6 +71,7 @@ def model_card(seg: Segmenter, live_note: str, space_id: str | None = None, zero
         f"| Generator | `{info['arch']}`: {params / 1e6:.2f} M parameters, input {size}x{size}"
         f"{' + flip' if seg.cfg.tta_flip else ''} |",
         f"| Presence head | {'yes, threshold ' + format(seg.cfg.presence_threshold, '.3f') if info['presence_head'] else 'no'} |",
+        f"| Scene prior | {veto} |",
         f"| Weights sha256 | `{info.get('sha256', 'n/a')}` |",
         f"| Training run | `{info.get('run_id', 'n/a')}` |",
         f"| Device, engine | {seg.device.type}{' (ZeroGPU)' if zero_gpu else ''}, {seg.engine} |",
