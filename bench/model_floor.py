@@ -42,11 +42,13 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 SIZE = 256
 
 
-def count_flops(model: nn.Module, size: int = SIZE) -> tuple[float, list[str]]:
-    """FLOPs of one forward pass on a (1,3,size,size) input, and the op kinds counted."""
+def count_flops(model: nn.Module, size: int = SIZE, with_presence: bool = False) -> tuple[float, list[str]]:
+    """FLOPs of one forward pass on a (1,3,size,size) input, and the op kinds counted; ``with_presence``: the forward
+    the Segmenter runs on a generator with a presence head (mask, presence head and any scene prior)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model(torch.zeros(1, 3, size, size))
+        x = torch.zeros(1, 3, size, size)
+        model(x, with_presence=True) if with_presence else model(x)
     return float(counter.get_total_flops()), sorted(str(k) for k in counter.get_flop_counts()["Global"])
 
 
