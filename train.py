@@ -38,7 +38,14 @@ from tqdm.auto import tqdm
 
 from segmenter.config import ModelConfig
 from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, SegmentationDataset, load_pairs, parse_sources
-from segmenter.export import EXPORT_FILES, copy_export, export_run, push_to_hub, write_card  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
+from segmenter.export import (  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
+    EXPORT_FILES,
+    all_empty,
+    copy_export,
+    export_run,
+    push_to_hub,
+    write_card,
+)
 from segmenter.model import build_discriminator, build_generator, load_lite_imagenet
 from segmenter.pipeline import binarize
 
@@ -774,6 +781,11 @@ def setup(argv: list[str]) -> tuple[Run, dict[str, Any] | None]:
         commands = [*ckpt.get("commands", []), command]
     try:  # a missing or unreadable file stops here, naming it, before the run folder exists
         train_ds, sample_weights, val_sets = load_data(cfg)
+        if cfg.scene_prior and not any(all_empty(load_pairs(s.path, s.split)) for s in sources(cfg)[1]):
+            raise SystemExit(
+                "--scene-prior chooses its threshold on val photos with and without people: give --val-datasets "
+                "a set without people (e.g. Negatives), or --no-scene-prior"
+            )
     except ValueError as e:
         raise SystemExit(f"data error: {e}") from None
     if ckpt is None:

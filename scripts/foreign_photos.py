@@ -5,7 +5,7 @@ public-domain or CC0 photos, see its README), Gradio (its demo and test photos: 
 character) and matplotlib (its sample photo of Grace Hopper). They are read from the packages, never copied into
 this repository. No masks exist for them: the table shows the presence score, the share of pixels marked person and
 whether the Space reports "No person found". Only the coffee cup is also an example of the Space. Nothing here
-trains or chooses a model.
+trains a model; ``--pasted-val`` (val rows) chose the presence head's loss weight.
 
     .venv/bin/python scripts/foreign_photos.py                     # weights/
     .venv/bin/python scripts/foreign_photos.py runs/RUN/export weights/
@@ -27,6 +27,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from segmenter.config import ModelConfig
 from segmenter.inference import Segmenter
 
 GRADIO = Path(gradio.__file__).resolve().parent
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     photos = {name: Image.fromarray(pixels()).convert("RGB") for name, (_, pixels) in PHOTOS.items()}
     columns = [(w, False) for w in args.weights]
     if args.without_scene_prior:
-        columns += [(w, True) for w in args.weights if Segmenter.from_pretrained(w, device="cpu").cfg.scene_prior]
+        columns += [(w, True) for w in args.weights if ModelConfig.load(Path(w) / "config.json").scene_prior]
     names = [f"{w} without its scene prior" if ablate else w for w, ablate in columns]
     header = ["photo", "person in it", *(f"{n}: presence / person share / reported" for n in names)]
     rows = [[name, "yes" if person else "no"] for name, (person, _) in PHOTOS.items()]
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def pasted_photos() -> list[Image.Image]:
     """Each val person of the shared datasets pasted onto a val frame without people (segmenter.scene.pasted_val):
-    people beside a dog or a car, which no val photo shows. Val rows only; nothing is chosen by it."""
+    people beside a dog or a car, which no val photo shows. Val rows only: it chose the presence head's loss weight
+    (README, Ablations), and nothing is fitted on it."""
     from segmenter.data import DATA_ROOT, parse_sources
     from segmenter.scene import pasted_val, split_pairs
 

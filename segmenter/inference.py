@@ -306,10 +306,10 @@ class Segmenter:
                     "input_size": self.cfg.input_size,
                     "tta_flip": self.cfg.tta_flip,
                     "presence_head": self.model.presence is not None,
-                    "scene_prior": getattr(self.model, "scene", None) is not None,
                     "device": str(self.device),
                     "engine": self.engine,
                     **self.cfg.meta,
+                    "scene_prior": getattr(self.model, "scene", None) is not None,  # its fit: cfg.meta["scene_prior"]
                 }
             )
         )

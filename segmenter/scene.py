@@ -76,7 +76,9 @@ def training_samples(pairs: Iterable[Pair], seed: int = 0) -> tuple[list[torch.T
 
 @torch.no_grad()
 def features(prior: ScenePrior, cfg: ModelConfig, images: Iterable[torch.Tensor | Image.Image]) -> torch.Tensor:
-    """Photos -> (N,1280) features, prepared as the Segmenter prepares them (its size, its flip averaging)."""
+    """Photos -> (N,1280) features, resized and normalised as ``Segmenter.preprocess`` does (its size, its flip
+    averaging). Callers decode photos at most ``MAX_SIDE`` px: the Segmenter resizes the full photo, a small
+    difference that the veto's margin (``VETO_MARGIN``) covers."""
     mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
     out = []
     for image in images:
@@ -118,6 +120,7 @@ def roc_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 
 def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
 
 
@@ -174,8 +177,8 @@ def attach(
 
 
 def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> list[torch.Tensor]:
-    """Each val person pasted onto a val photo without people (a check of the veto on people beside animals; it
-    chooses nothing)."""
+    """Each val person pasted onto a val photo without people: people beside a dog or a car, which no val photo shows.
+    A val check (it chose the presence head's loss weight, README Ablations); nothing is fitted on it."""
     rng = random.Random(seed)
     out = []
     for pair in val_person:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, make_tiny_weights, write_dataset
+from helpers import REPO_ROOT, make_tiny_weights, requires_shared_data, write_dataset
 from PIL import Image
 
 from segmenter.data import load_pairs
@@ -166,3 +166,28 @@ def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "| coffee | no | 0.01 / 0.0% / no person | 0.99 / 100.0% / person |" in out
     assert f"{vetoed} without its scene prior: " in out
+
+
+@requires_shared_data
+def test_foreign_photos_counts_the_pasted_val_people_each_model_misses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from helpers import make_presence_weights
+
+    spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    everyone = make_presence_weights(tmp_path / "everyone", presence_bias=5.0)
+    nobody = make_presence_weights(tmp_path / "nobody", presence_bias=-5.0)
+    script.main([str(everyone), str(nobody), "--pasted-val"])
+    out = capsys.readouterr().out
+    found = re.findall(
+        r"(\S+): (\d+) of (\d+) val people pasted onto val frames without people reported no person", out
+    )
+    assert [(name, missed == "0", missed == total) for name, missed, total in found] == [
+        (str(everyone), True, False),
+        (str(nobody), False, True),
+    ]
+    assert int(found[0][2]) >= 40  # most of the 80 val photos with people keep 2% of the frame

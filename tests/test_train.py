@@ -667,3 +667,11 @@ def test_a_mix_never_uses_test_rows(option: str, data: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit):
         train.parse_args([option, f"{data}:test"])
     assert "the test split is never used" in capsys.readouterr().err
+
+
+def test_scene_prior_without_a_val_set_without_people_stops_before_training(data: Path, tmp_path: Path) -> None:
+    """Its threshold is chosen on val photos with and without people: refused up front, not after the epochs."""
+    args = tiny_args(data, tmp_path / "runs", "--arch", "effnet_unet", "--size", "64", "--presence-weight", "1")
+    with pytest.raises(SystemExit, match="--scene-prior chooses its threshold"):
+        run_main([*args, "--scene-prior", "--run-id", "prior"])
+    assert not (tmp_path / "runs" / "prior").exists()
