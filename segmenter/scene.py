@@ -40,12 +40,11 @@ MAX_SIDE = 640  # photos are decoded at most this large: the prior sees them at 
 VETO_MARGIN = 0.5  # the probe's threshold is this times the lowest val score of a photo with a person
 
 
-def _tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # (3,H,W) uint8
-
-
-def _mask(mask: Image.Image) -> torch.Tensor:
-    return torch.from_numpy((np.asarray(mask) > 127).astype(np.uint8) * 255)[None]  # (1,H,W) 0/255
+def _decoded(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair decoded at most MAX_SIDE px -> ((3,H,W) uint8 photo, (1,H,W) uint8 0/255 mask)."""
+    image, mask = load_pair(pair, MAX_SIDE)
+    photo = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return photo, torch.from_numpy((np.asarray(mask) > 127).astype(np.uint8) * 255)[None]
 
 
 def training_samples(pairs: Iterable[Pair], seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -53,8 +52,7 @@ def training_samples(pairs: Iterable[Pair], seed: int = 0) -> tuple[list[torch.T
     rng = random.Random(seed)
     people, empty = [], []
     for pair in pairs:
-        image, mask = load_pair(pair, MAX_SIDE)
-        t, m = _tensor(image), _mask(mask)
+        t, m = _decoded(pair)
         (people if m.any() else empty).append((t, m))
     pos, neg = [t for t, _ in people], [t for t, _ in empty]
     for t, m in people:  # a person-free close-up of the background, where the photo leaves room for one
@@ -182,8 +180,8 @@ def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> 
     rng = random.Random(seed)
     out = []
     for pair in val_person:
-        donor, donor_mask = (f(x) for f, x in zip((_tensor, _mask), load_pair(pair, MAX_SIDE), strict=True))
-        image, mask = (f(x) for f, x in zip((_tensor, _mask), load_pair(rng.choice(val_empty), MAX_SIDE), strict=True))
+        donor, donor_mask = _decoded(pair)
+        image, mask = _decoded(rng.choice(val_empty))
         pasted, pasted_mask = paste_person(image, mask, donor, donor_mask, rng.random)
         if (pasted_mask > 127).float().mean() >= 0.02:
             out.append(pasted)
