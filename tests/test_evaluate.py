@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, make_tiny_weights, requires_shared_data, write_dataset
+from helpers import (
+    REPO_ROOT,
+    export_tiny,
+    make_presence_weights,
+    make_tiny_weights,
+    requires_shared_data,
+    write_dataset,
+)
 from PIL import Image
 
 from segmenter.data import load_pairs
@@ -118,16 +127,18 @@ def test_all_splits_table_goes_into_the_model_card(tmp_path: Path, all_on: Path,
     assert f"| {metrics['people/val']['iou']:.4f} |" in val_row
 
 
-def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import importlib.util
-
-    from helpers import make_presence_weights
-
+def foreign_photos_script() -> types.ModuleType:
+    """scripts/foreign_photos.py, imported as a module."""
     spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = foreign_photos_script()
     everyone = make_presence_weights(tmp_path / "everyone", presence_bias=5.0)  # a full mask on every photo
     nobody = make_presence_weights(tmp_path / "nobody", presence_bias=-5.0)  # "no person" on every photo
     script.main([str(everyone), str(nobody)])
@@ -142,9 +153,6 @@ def test_foreign_photos_table_scores_each_model_against_what_the_photos_show(
 
 def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--without-scene-prior adds a column where the presence head alone decides."""
-    import importlib.util
-
-    from helpers import export_tiny
     from torch import nn
 
     from segmenter.config import ModelConfig
@@ -159,9 +167,7 @@ def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pyt
 
     cfg = ModelConfig(arch="effnet_unet", input_size=64, presence_head=True, scene_prior=True)
     vetoed = export_tiny(tmp_path / "vetoed", cfg, head_yes_prior_no)
-    spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = foreign_photos_script()
     script.main([str(vetoed), "--without-scene-prior"])
     out = capsys.readouterr().out
     assert "| coffee | no | 0.01 / 0.0% / no person | 0.99 / 100.0% / person |" in out
@@ -172,13 +178,7 @@ def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pyt
 def test_foreign_photos_counts_the_pasted_val_people_each_model_misses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
-    from helpers import make_presence_weights
-
-    spec = importlib.util.spec_from_file_location("foreign_photos", REPO_ROOT / "scripts" / "foreign_photos.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = foreign_photos_script()
     everyone = make_presence_weights(tmp_path / "everyone", presence_bias=5.0)
     nobody = make_presence_weights(tmp_path / "nobody", presence_bias=-5.0)
     script.main([str(everyone), str(nobody), "--pasted-val"])
