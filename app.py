@@ -42,7 +42,7 @@ from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
 from segmenter.server.memory import return_freed_buffers, trim_heap
-from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_to_cache
+from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_all_to_cache
 
 TITLE = "Person segmentation"
 DESCRIPTION = """\
@@ -166,31 +166,23 @@ def render(
         gr.Info("Upload a background image under the Background choice.")
         background = Background()
     stem = Path(path).stem
+    _ = result.alpha  # the feathered edge, made once: the cutout, the previews and the composite all use it
     small = result.resized(PREVIEW_SIDE)  # view-only outputs are made at screen size, from one shrunk copy
     transparent = background.mode == "transparent"
-    download = (
-        gr.DownloadButton(visible=False)
-        if transparent
-        else gr.DownloadButton(
-            value=save_to_cache(result.composite(background), cache_dir, f"{stem}-composite.jpg"), visible=True
-        )
-    )
+    jobs = {  # made and encoded side by side (save_all_to_cache)
+        f"{stem}-mask.png": lambda: result.mask,  # full size: the mask and the cutout are the downloads
+        f"{stem}-cutout.png": result.cutout,
+        f"{stem}-overlay.jpg": small.overlay,
+        # Before: the upload itself, which the browser already has (no encoding); after: a screen-sized WebP.
+        f"{stem}-after.webp": small.cutout if transparent else partial(small.composite, background),
+    }
+    if not transparent:
+        jobs[f"{stem}-composite.jpg"] = partial(result.composite, background)
+    mask, cutout, overlay, after, *composite = save_all_to_cache(jobs, cache_dir)
+    download = gr.DownloadButton(value=composite[0], visible=True) if composite else gr.DownloadButton(visible=False)
     if notify and result.warning:
         gr.Warning(result.warning)
-    return (
-        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),  # full size: these two are the downloads
-        save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"),
-        small.overlay(),
-        # Before: the upload itself, which the browser already has (no encoding); after: a screen-sized WebP.
-        (
-            path,
-            save_to_cache(
-                small.cutout() if transparent else small.composite(background), cache_dir, f"{stem}-after.webp"
-            ),
-        ),
-        download,
-        describe(result, time.perf_counter() - start),
-    )
+    return mask, cutout, overlay, (path, after), download, describe(result, time.perf_counter() - start)
 
 
 def segment_photo(segment: Segment, cache_dir: str, photo: dict | None, *values: object) -> tuple:
@@ -238,10 +230,10 @@ def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold:
         raise user_error(str(e)) from None
     result = segment(photo, Options(threshold))
     stem = Path(path).stem
-    return (
-        save_to_cache(result.mask, cache_dir, f"{stem}-mask.png"),
-        save_to_cache(result.cutout(), cache_dir, f"{stem}-cutout.png"),
+    mask, cutout = save_all_to_cache(
+        {f"{stem}-mask.png": lambda: result.mask, f"{stem}-cutout.png": result.cutout}, cache_dir
     )
+    return mask, cutout
 
 
 def segment_batch(

@@ -5,7 +5,9 @@ public API: decode (``segmenter.images.as_pil``), preprocess (``Segmenter.prepro
 (``Segmenter.predict_low_res``'s forward), upsample (``segmenter.pipeline.upsample``: the guided filter the Space
 uses), finish (``pipeline.finish``: threshold, presence gate, fill holes, feather), encode (``images.encode_png`` of
 the mask). "end to end" times ``Segmenter.segment`` + PNG as one call: exactly what ``POST /api/segment`` runs.
-With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port.
+With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port, and
+the Photo tab's handler (``app.segment_photo``: the pipeline and every result file the UI shows) in process on a photo
+of a person, its files made side by side (``views.ENCODERS``, the app's setting) and one at a time.
 
     .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~2 min)
     .venv/bin/python bench/end_to_end.py --quick      # 0.3 and 1 MP, few rounds, no app
@@ -15,7 +17,9 @@ With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 from common import (
     APP,
+    MEGAPIXEL_SIZES,
     Timing,
     call_segment,
     gradio_client,
@@ -31,6 +36,7 @@ from common import (
     ms,
     print_machine,
     running_app,
+    sample_photo,
     time_calls,
     time_interleaved,
     weights_for,
@@ -42,6 +48,7 @@ from PIL import Image
 from segmenter.images import as_pil, encode_png
 from segmenter.inference import Segmenter
 from segmenter.pipeline import Options, finish, upsample
+from segmenter.server import views
 
 
 def stage_calls(seg: Segmenter, data: bytes) -> dict[str, Callable[[], object]]:
@@ -121,6 +128,55 @@ def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: f
     )
 
 
+def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float) -> str:
+    """The Photo tab's handler in process on a photo of a person at each size: its result files made side by side
+    (the app's ``views.ENCODERS``) against one at a time (a one-worker pool), interleaved, with ``segment`` alone."""
+    app = importlib.import_module("app")
+    segment = app.make_segment(seg)
+    d = Options()
+    settings = (seg.threshold, d.keep_largest, d.fill_holes, d.feather_px, d.presence_gate, "Transparent", "#00b140")
+    settings += (3.0, None)  # blur strength, background image
+    side_by_side, one_worker = views.ENCODERS, views.ThreadPoolExecutor(max_workers=1)
+
+    def handler(path: Path, pool: views.ThreadPoolExecutor, cache: str) -> None:
+        views.ENCODERS = pool
+        try:
+            app.segment_photo(segment, cache, {"path": str(path)}, *settings)
+        finally:
+            views.ENCODERS = side_by_side
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache:
+        person = sample_photo()
+        for mp in sizes:
+            w, h = MEGAPIXEL_SIZES.get(mp) or (round((mp * 1e6 * 4 / 3) ** 0.5), round((mp * 1e6 * 3 / 4) ** 0.5))
+            if person.height > person.width:
+                w, h = h, w
+            path = Path(cache) / f"person-{mp:g}mp.jpg"
+            person.resize((w, h), Image.BICUBIC).save(path, quality=90)
+            photo = as_pil(Image.open(path))
+            t = time_interleaved(
+                {
+                    "segment": lambda photo=photo: segment(photo, Options()),
+                    "side by side": lambda path=path: handler(path, side_by_side, cache),
+                    "one at a time": lambda path=path: handler(path, one_worker, cache),
+                },
+                rounds,
+                warmup=1,
+                max_seconds=max_seconds,
+            )
+            both, one = t["side by side"].p50, t["one at a time"].p50
+            label, n = f"{mp:g} MP ({w}x{h})", str(len(t["segment"].samples))
+            rows.append([label, n, ms(t["segment"].p50), ms(both), ms(one), f"{both / one:.2f}x"])
+    one_worker.shutdown()
+    workers = side_by_side._max_workers
+    headers = ["photo of a person", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
+    return (
+        "### The Photo tab's handler in process (app.segment_photo: pipeline + mask, cutout, overlay, before/after),"
+        " ms p50\n\n" + markdown_table([*headers, "side by side / one at a time"], rows)
+    )
+
+
 def targets(results: dict[float, dict[str, Timing]]) -> str:
     rows = []
     if 1.0 in results:
@@ -157,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table + "\n")
     print(targets(results) + "\n")
     if args.app == "yes" or (args.app == "auto" and APP.is_file()):
+        print(ui_handler(seg, args.sizes, args.rounds, args.max_seconds) + "\n", flush=True)
         start = time.perf_counter()
         print(through_app(weights, args.sizes, args.app_requests, args.max_seconds, args.threads))
         print(f"\n(app start-up and requests took {time.perf_counter() - start:.0f} s)\n")

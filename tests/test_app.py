@@ -250,7 +250,7 @@ def test_views_are_screen_sized_and_downloads_full_size(tmp_path: Path, tiny_wei
     )
     assert Image.open(mask).size == Image.open(cutout).size == Image.open(composite_btn.value["path"]).size == big
     assert before == str(image_path)  # the upload itself: the browser has it already, nothing is re-encoded
-    after = Image.open(after)
+    overlay, after = Image.open(overlay), Image.open(after)
     for view in (overlay, after):
         assert max(view.size) == app.PREVIEW_SIDE and view.size[1] == round(700 / 2 * app.PREVIEW_SIDE / 1605)
     # The preview shows what the download holds: the same mask edge, shrunk.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -12,6 +15,9 @@ from ..inference import Segmenter
 from ..pipeline import Segmentation
 
 PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
+# The result files of one request are made and encoded side by side: PIL's encoders and compositing release the GIL,
+# so on two cores a 12 MP cutout PNG (about 0.35 s alone) and the previews no longer wait for each other.
+ENCODERS = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="encode")
 
 
 def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
@@ -25,6 +31,17 @@ def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
     else:
         path.write_bytes(encode_png(image))
     return str(path)
+
+
+def save_all_to_cache(jobs: dict[str, Callable[[], Image.Image]], cache_dir: str) -> list[str]:
+    """File name -> a call making that image: each made and saved (:func:`save_to_cache`) on ``ENCODERS``, side by
+    side; their paths, in ``jobs``' order. Whatever a call needs that is made on first use (``Segmentation.alpha``)
+    should be made before, once."""
+    futures = [
+        ENCODERS.submit(lambda name=name, make=make: save_to_cache(make(), cache_dir, name))
+        for name, make in jobs.items()
+    ]
+    return [f.result() for f in futures]
 
 
 def describe(result: Segmentation, seconds: float) -> str:
