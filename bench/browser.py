@@ -13,6 +13,7 @@ Targets (issue 13): 1 MP browser <= 1.5x the model; 12 MP browser <= 2x HTTP.
 
     .venv/bin/python bench/browser.py --quick      # about 1.5 minutes on a 2-core CPU
     .venv/bin/python bench/browser.py --rounds 8
+    .venv/bin/python bench/browser.py --trace      # where one round trip's time goes: its requests, in order
 """
 
 from __future__ import annotations
@@ -54,12 +55,46 @@ def browser_round_trip(browser, url: str, photo: Path) -> float:
         context.close()
 
 
+def trace_round_trip(browser, url: str, photo: Path) -> list[tuple[float, str]]:
+    """One round trip as ``browser_round_trip`` times it, as a timeline: (seconds from setting the photo, event) for
+    each API request the page sends and finishes (``gradio_api/``: upload, queue, files), the status line and all
+    outputs shown."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    events: list[tuple[float, str]] = []
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        start = time.perf_counter()
+
+        def note(kind: str, request) -> None:
+            path = request.url[len(url) :].split("?")[0]
+            if not path.startswith("gradio_api/"):  # the page's own scripts, styles and fonts
+                return
+            if "/file=" in path and "/gradio/" in path:  # a result file: its name, not its cache folder
+                path = "gradio_api/file=.../" + path.rsplit("/", 1)[-1]
+            events.append((time.perf_counter() - start, f"{kind} {request.method} {path}"))
+
+        page.on("request", lambda r: note("sent", r))
+        page.on("requestfinished", lambda r: note("done", r))
+        page.locator("#photo input[type=file]").set_input_files(str(photo))
+        page.wait_for_selector("#stats :text('person share')", timeout=300_000)
+        events.append((time.perf_counter() - start, "status line shown"))
+        page.wait_for_function(SHOWN, arg=OUTPUTS, timeout=300_000)
+        events.append((time.perf_counter() - start, "mask, cutout and overlay shown"))
+        events.append((0.0, "status: " + page.locator("#stats").inner_text().split("\n")[0]))
+        return sorted(events)
+    finally:
+        context.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 rounds")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=0, help="torch threads here and in the app (0: torch's default)")
     p.add_argument("--weights", help="weights folder (default: weights/)")
+    p.add_argument("--trace", action="store_true", help="instead: one round trip per size as a timeline of requests")
     args = p.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     threads = args.threads or torch.get_num_threads()
@@ -79,6 +114,15 @@ def main(argv: list[str] | None = None) -> None:
         httpx.Client(timeout=300) as client,
     ):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        if args.trace:
+            for mp in TARGETS:
+                photo = Path(tmp) / f"photo-{mp:g}mp.jpg"
+                photo.write_bytes(common.jpeg_bytes(mp))
+                browser_round_trip(browser, app.url, photo)  # warm-up: the first request of a size is slower
+                rows = [[common.ms(t), event] for t, event in trace_round_trip(browser, app.url, photo)]
+                print(f"### {mp:g} MP: one round trip\n\n" + common.markdown_table(["ms", "event"], rows) + "\n")
+            browser.close()
+            return
         calls: dict[str, Callable[[], object]] = {}
         for mp in TARGETS:
             data = common.jpeg_bytes(mp)

@@ -6,8 +6,9 @@ public API: decode (``segmenter.images.as_pil``), preprocess (``Segmenter.prepro
 uses), finish (``pipeline.finish``: threshold, presence gate, fill holes, feather), encode (``images.encode_png`` of
 the mask). "end to end" times ``Segmenter.segment`` + PNG as one call: exactly what ``POST /api/segment`` runs.
 With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port, and
-the Photo tab's handler (``app.segment_photo``: the pipeline and every result file the UI shows) in process on a photo
-of a person, its files made side by side (``views.ENCODERS``, the app's setting) and one at a time.
+the Photo tab's handler (``app.segment_photo``: the pipeline and every result file the UI shows) in process, its
+files made side by side (``views.ENCODERS``, the app's setting) and one at a time. The photos are a val photo of a
+person scaled to each size (``common.jpeg_bytes``; a synthetic one without the data).
 
     .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~2 min)
     .venv/bin/python bench/end_to_end.py --quick      # 0.3 and 1 MP, few rounds, no app
@@ -27,7 +28,6 @@ from pathlib import Path
 import torch
 from common import (
     APP,
-    MEGAPIXEL_SIZES,
     Timing,
     call_segment,
     gradio_client,
@@ -36,7 +36,6 @@ from common import (
     ms,
     print_machine,
     running_app,
-    sample_photo,
     time_calls,
     time_interleaved,
     weights_for,
@@ -129,7 +128,7 @@ def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: f
 
 
 def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float) -> str:
-    """The Photo tab's handler in process on a photo of a person at each size: its result files made side by side
+    """The Photo tab's handler in process on each photo size: its result files made side by side
     (the app's ``views.ENCODERS``) against one at a time (a one-worker pool), interleaved, with ``segment`` alone."""
     app = importlib.import_module("app")
     segment = app.make_segment(seg)
@@ -147,13 +146,9 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache:
-        person = sample_photo()
         for mp in sizes:
-            w, h = MEGAPIXEL_SIZES.get(mp) or (round((mp * 1e6 * 4 / 3) ** 0.5), round((mp * 1e6 * 3 / 4) ** 0.5))
-            if person.height > person.width:
-                w, h = h, w
-            path = Path(cache) / f"person-{mp:g}mp.jpg"
-            person.resize((w, h), Image.BICUBIC).save(path, quality=90)
+            path = Path(cache) / f"photo-{mp:g}mp.jpg"
+            path.write_bytes(jpeg_bytes(mp))
             photo = as_pil(Image.open(path))
             t = time_interleaved(
                 {
@@ -166,11 +161,11 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
                 max_seconds=max_seconds,
             )
             both, one = t["side by side"].p50, t["one at a time"].p50
-            label, n = f"{mp:g} MP ({w}x{h})", str(len(t["segment"].samples))
+            label, n = f"{mp:g} MP ({photo.width}x{photo.height})", str(len(t["segment"].samples))
             rows.append([label, n, ms(t["segment"].p50), ms(both), ms(one), f"{both / one:.2f}x"])
     one_worker.shutdown()
     workers = side_by_side._max_workers
-    headers = ["photo of a person", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
+    headers = ["photo", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
     return (
         "### The Photo tab's handler in process (app.segment_photo: pipeline + mask, cutout, overlay, before/after),"
         " ms p50\n\n" + markdown_table([*headers, "side by side / one at a time"], rows)

@@ -175,19 +175,20 @@ def test_foreign_photos_can_take_the_scene_prior_out(tmp_path: Path, capsys: pyt
 
 
 @requires_shared_data
-def test_foreign_photos_counts_the_pasted_val_people_each_model_misses(
+def test_foreign_photos_counts_the_pasted_people_each_model_misses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     script = foreign_photos_script()
     everyone = make_presence_weights(tmp_path / "everyone", presence_bias=5.0)
     nobody = make_presence_weights(tmp_path / "nobody", presence_bias=-5.0)
-    script.main([str(everyone), str(nobody), "--pasted-val"])
+    script.main([str(everyone), str(nobody), "--pasted-val", "--pasted-test"])
     out = capsys.readouterr().out
-    found = re.findall(
-        r"(\S+): (\d+) of (\d+) val people pasted onto val frames without people reported no person", out
-    )
-    assert [(name, missed == "0", missed == total) for name, missed, total in found] == [
-        (str(everyone), True, False),
-        (str(nobody), False, True),
-    ]
-    assert int(found[0][2]) >= 40  # most of the 80 val photos with people keep 2% of the frame
+    for split, least in (("val", 40), ("test", 15)):  # most of the 80 val / 30 test people keep 2% of the frame
+        found = re.findall(
+            rf"(\S+): (\d+) of (\d+) {split} people pasted onto val frames without people reported no person", out
+        )
+        assert [(name, missed == "0", missed == total) for name, missed, total in found] == [
+            (str(everyone), True, False),
+            (str(nobody), False, True),
+        ]
+        assert int(found[0][2]) >= least
