@@ -4,7 +4,8 @@
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
 id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
-BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch | bf16) and
+BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, TRIM_IDLE_S, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch |
+bf16) and
 LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
@@ -22,6 +23,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +43,7 @@ from segmenter.server.guard import BodyGuard, UploadsOnly
 from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
-from segmenter.server.memory import return_freed_buffers, trim_heap
+from segmenter.server.memory import IdleTrim, return_freed_buffers
 from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_all_to_cache
 
 TITLE = "Person segmentation"
@@ -79,9 +81,12 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
 CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
 # Memory (issue 15): glibc keeps the heap pages of freed photo buffers, so RSS crept up with every new mix of sizes.
-# TRIM_HEAP=1 hands them back each second (malloc_trim); MMAP_THRESHOLD_MB > 0 gives buffers of that size their own
-# mappings instead (freed at once, but every photo then faults its buffers in anew: slower per photo).
+# TRIM_HEAP=1 hands them back (malloc_trim) once no photo has been segmented for TRIM_IDLE_S seconds: trimming every
+# second made each photo fault its buffers in anew, while photos in quick succession can reuse them.
+# MMAP_THRESHOLD_MB > 0 gives buffers of that size their own mappings instead (freed at once, but every photo then
+# faults its buffers in anew: slower per photo).
 TRIM_HEAP = os.getenv("TRIM_HEAP", "1") == "1"
+TRIM_IDLE_S = float(os.getenv("TRIM_IDLE_S", "10"))
 MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "0"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
@@ -104,10 +109,13 @@ InputError = ImageError  # a user's mistake: shown as gr.Error, or answered with
 # ---------------------------------------------------------------- model
 
 
-def make_segment(seg: Segmenter) -> Segment:
-    """``seg.segment``, the one pipeline; on ZeroGPU wrapped so that each call claims the GPU."""
+def make_segment(seg: Segmenter, on_call: Callable[[], object] | None = None) -> Segment:
+    """``seg.segment``, the one pipeline; on ZeroGPU wrapped so that each call claims the GPU. ``on_call`` runs first
+    on each call (the server's ``IdleTrim.busy``)."""
 
     def segment(image: Image.Image, options: Options) -> Segmentation:
+        if on_call is not None:
+            on_call()
         with torch.inference_mode():
             return seg.segment(image, options)
 
@@ -413,7 +421,8 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
 def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     """The whole server: FastAPI app with ``POST /api/segment`` and the Gradio UI + API mounted at ``/``."""
     seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None, ENGINE)
-    segment = make_segment(seg)
+    idle_trim = IdleTrim(TRIM_IDLE_S) if TRIM_HEAP else None  # run by the cache sweeper each second
+    segment = make_segment(seg, idle_trim.busy if idle_trim is not None else None)
     demo = build_demo(seg, segment)
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     add_http_api(app, segment, LIMITS)
@@ -425,9 +434,10 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
         upload_max_bytes=LIMITS.max_request_bytes,
         upload_max_files=LIMITS.max_batch,
     )
-    trim = trim_heap if TRIM_HEAP else None  # each second, with the cache sweep
     cache_cap = int(CACHE_MAX_MB * 2**20)
-    app.state.cache_sweeper = CacheSweeper(demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=trim).start()
+    app.state.cache_sweeper = CacheSweeper(
+        demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=idle_trim
+    ).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.
     return gr.mount_gradio_app(

@@ -76,8 +76,13 @@ def cache_run(weights: Path, requests: int, cap_mb: float, env: dict[str, str]) 
     }
 
 
-def rss_idle(proc: psutil.Process, settle: float = 2.0) -> int:
-    time.sleep(settle)  # the last response's buffers are freed
+# The app hands freed heap pages back once no photo has been segmented for TRIM_IDLE_S (default 10) seconds; its
+# cache sweeper checks each second.
+IDLE_SETTLE_S = 12.0
+
+
+def rss_idle(proc: psutil.Process, settle: float = IDLE_SETTLE_S) -> int:
+    time.sleep(settle)  # the last response's buffers are freed and, idle, handed back
     return int(proc.memory_info().rss)
 
 

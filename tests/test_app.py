@@ -324,3 +324,18 @@ def test_no_person_over_http_and_gradio_client(tmp_path: Path, example_photo: Pa
     result = Segmenter.from_pretrained(somebody, device="cpu").segment(Image.open(example_photo))
     status = app.describe(result, 0.1)
     assert status.startswith("**Person found**") and "presence score:** 1.00" in status
+
+
+def test_the_server_trims_its_heap_only_when_idle(tiny_weights: Path) -> None:
+    """Every segment call marks the server busy (IdleTrim.busy); the cache sweeper's housekeeping is the IdleTrim."""
+    from segmenter.server.memory import IdleTrim
+
+    calls = []
+    segment = app.make_segment(Segmenter.from_pretrained(tiny_weights, device="cpu"), on_call=lambda: calls.append(1))
+    segment(Image.new("RGB", (40, 30)), Options())
+    assert calls == [1]
+    server = app.create_app(tiny_weights)
+    try:
+        assert isinstance(server.state.cache_sweeper.after, IdleTrim) == app.TRIM_HEAP
+    finally:
+        server.state.cache_sweeper.stop()

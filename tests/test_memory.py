@@ -42,3 +42,25 @@ def test_freed_buffers_return_to_the_os() -> None:
     assert default > 48, default  # glibc's default keeps them (what made the server's RSS grow)
     assert trimmed < 8, trimmed
     assert mapped < 8, mapped
+
+
+def test_idle_trim_waits_for_an_idle_spell_and_trims_once_per_spell() -> None:
+    from segmenter.server.memory import IdleTrim
+
+    now, trims = [100.0], []
+    idle_trim = IdleTrim(10.0, trim=lambda: trims.append(now[0]) or True, clock=lambda: now[0])
+    for t in (101.0, 109.9):  # the sweeper calls it each second: too soon after start-up
+        now[0] = t
+        assert not idle_trim()
+    now[0] = 110.0
+    assert idle_trim() and not idle_trim()  # idle 10 s: one trim, then none while still idle
+    now[0] = 115.0
+    idle_trim.busy()  # a photo is being segmented
+    for t in (116.0, 124.9):
+        now[0] = t
+        assert not idle_trim()  # photos in quick succession keep their pages
+    now[0] = 125.0
+    assert idle_trim()
+    assert trims == [110.0, 125.0]
+    with pytest.raises(ValueError, match="idle_s"):
+        IdleTrim(-1.0)
