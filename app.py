@@ -4,9 +4,8 @@
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
 id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
-BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, TRIM_IDLE_S, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch |
-bf16) and
-LIVE_WEBCAM (auto | on | off).
+BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, TRIM_IDLE_S, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch
+| bf16) and LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
 """
@@ -23,7 +22,6 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -87,6 +85,7 @@ CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
 # faults its buffers in anew: slower per photo).
 TRIM_HEAP = os.getenv("TRIM_HEAP", "1") == "1"
 TRIM_IDLE_S = float(os.getenv("TRIM_IDLE_S", "10"))
+IDLE_TRIM = IdleTrim(TRIM_IDLE_S)  # every handler's work runs inside IDLE_TRIM.active(); the cache sweeper calls it
 MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "0"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
 BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
@@ -109,17 +108,21 @@ InputError = ImageError  # a user's mistake: shown as gr.Error, or answered with
 # ---------------------------------------------------------------- model
 
 
-def make_segment(seg: Segmenter, on_call: Callable[[], object] | None = None) -> Segment:
-    """``seg.segment``, the one pipeline; on ZeroGPU wrapped so that each call claims the GPU. ``on_call`` runs first
-    on each call (the server's ``IdleTrim.busy``)."""
+def make_segment(seg: Segmenter) -> Segment:
+    """``seg.segment``, the one pipeline, marked as the server's work (``IDLE_TRIM``); on ZeroGPU wrapped so that each
+    call claims the GPU (in a worker process: the mark stays in this one)."""
 
     def segment(image: Image.Image, options: Options) -> Segmentation:
-        if on_call is not None:
-            on_call()
         with torch.inference_mode():
             return seg.segment(image, options)
 
-    return spaces.GPU(segment) if spaces is not None else segment
+    run = spaces.GPU(segment) if spaces is not None else segment
+
+    def active_segment(image: Image.Image, options: Options) -> Segmentation:
+        with IDLE_TRIM.active():
+            return run(image, options)
+
+    return active_segment
 
 
 # ---------------------------------------------------------------- images in, images out
@@ -174,19 +177,20 @@ def render(
         gr.Info("Upload a background image under the Background choice.")
         background = Background()
     stem = Path(path).stem
-    _ = result.alpha  # the feathered edge, made once: the cutout, the previews and the composite all use it
-    small = result.resized(PREVIEW_SIDE)  # view-only outputs are made at screen size, from one shrunk copy
     transparent = background.mode == "transparent"
-    jobs = {  # made and encoded side by side (save_all_to_cache)
-        f"{stem}-mask.png": lambda: result.mask,  # full size: the mask and the cutout are the downloads
-        f"{stem}-cutout.png": result.cutout,
-        f"{stem}-overlay.jpg": small.overlay,
-        # Before: the upload itself, which the browser already has (no encoding); after: a screen-sized WebP.
-        f"{stem}-after.webp": small.cutout if transparent else partial(small.composite, background),
-    }
-    if not transparent:
-        jobs[f"{stem}-composite.jpg"] = partial(result.composite, background)
-    mask, cutout, overlay, after, *composite = save_all_to_cache(jobs, cache_dir)
+    with IDLE_TRIM.active():
+        _ = result.alpha  # the feathered edge, made once here: the cutout, previews and composite all use it
+        small = result.resized(PREVIEW_SIDE)  # view-only outputs are made at screen size, from one shrunk copy
+        jobs = {  # made and encoded side by side (save_all_to_cache)
+            f"{stem}-mask.png": lambda: result.mask,  # full size: the mask and the cutout are the downloads
+            f"{stem}-cutout.png": result.cutout,
+            f"{stem}-overlay.webp": small.overlay,  # screen-sized previews: WebP
+            # Before: the upload itself, which the browser already has (no encoding); after: a screen-sized WebP.
+            f"{stem}-after.webp": small.cutout if transparent else partial(small.composite, background),
+        }
+        if not transparent:
+            jobs[f"{stem}-composite.jpg"] = partial(result.composite, background)
+        mask, cutout, overlay, after, *composite = save_all_to_cache(jobs, cache_dir)
     download = gr.DownloadButton(value=composite[0], visible=True) if composite else gr.DownloadButton(visible=False)
     if notify and result.warning:
         gr.Warning(result.warning)
@@ -238,9 +242,10 @@ def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold:
         raise user_error(str(e)) from None
     result = segment(photo, Options(threshold))
     stem = Path(path).stem
-    mask, cutout = save_all_to_cache(
-        {f"{stem}-mask.png": lambda: result.mask, f"{stem}-cutout.png": result.cutout}, cache_dir
-    )
+    with IDLE_TRIM.active():
+        mask, cutout = save_all_to_cache(
+            {f"{stem}-mask.png": lambda: result.mask, f"{stem}-cutout.png": result.cutout}, cache_dir
+        )
     return mask, cutout
 
 
@@ -332,7 +337,7 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                         with gr.Row(equal_height=True):
                             mask_out, cutout_out = png_output("Mask", "L"), png_output("Cutout", "RGBA")
                             overlay_out = gr.Image(
-                                label="Overlay", format="jpeg", buttons=["fullscreen"], elem_id="overlay"
+                                label="Overlay", format="webp", buttons=["fullscreen"], elem_id="overlay"
                             )
                         before_after = gr.ImageSlider(
                             label="Before / after (drag the handle)",
@@ -421,11 +426,10 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
 def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     """The whole server: FastAPI app with ``POST /api/segment`` and the Gradio UI + API mounted at ``/``."""
     seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None, ENGINE)
-    idle_trim = IdleTrim(TRIM_IDLE_S) if TRIM_HEAP else None  # run by the cache sweeper each second
-    segment = make_segment(seg, idle_trim.busy if idle_trim is not None else None)
+    segment = make_segment(seg)
     demo = build_demo(seg, segment)
     app = FastAPI(title=TITLE, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
-    add_http_api(app, segment, LIMITS)
+    add_http_api(app, segment, LIMITS, IDLE_TRIM.active)
     app.add_middleware(UploadsOnly, upload_dir=demo.GRADIO_CACHE, max_bytes=LIMITS.max_upload_bytes)
     app.add_middleware(  # outermost: every body, including the ones UploadsOnly reads, arrives in time
         BodyGuard,
@@ -436,7 +440,7 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     )
     cache_cap = int(CACHE_MAX_MB * 2**20)
     app.state.cache_sweeper = CacheSweeper(
-        demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=idle_trim
+        demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=IDLE_TRIM if TRIM_HEAP else None
     ).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.

@@ -57,8 +57,8 @@ def browser_round_trip(browser, url: str, photo: Path) -> float:
 
 def trace_round_trip(browser, url: str, photo: Path) -> list[tuple[float, str]]:
     """One round trip as ``browser_round_trip`` times it, as a timeline: (seconds from setting the photo, event) for
-    each API request the page sends and finishes (``gradio_api/``: upload, queue, files), the status line and all
-    outputs shown."""
+    each request the page sends from then on and its end (upload, queue, files), the status line and all outputs
+    shown."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     events: list[tuple[float, str]] = []
     try:
@@ -67,9 +67,13 @@ def trace_round_trip(browser, url: str, photo: Path) -> list[tuple[float, str]]:
         page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
         start = time.perf_counter()
 
+        sent: set[int] = set()  # requests sent after the photo was set (not the page's own loading)
+
         def note(kind: str, request) -> None:
             path = request.url[len(url) :].split("?")[0]
-            if not path.startswith("gradio_api/"):  # the page's own scripts, styles and fonts
+            if kind == "sent":
+                sent.add(id(request))
+            elif id(request) not in sent:
                 return
             if "/file=" in path and "/gradio/" in path:  # a result file: its name, not its cache folder
                 path = "gradio_api/file=.../" + path.rsplit("/", 1)[-1]
@@ -104,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     from playwright.sync_api import sync_playwright  # the test extra; never downloads a browser
 
     common.print_machine("bench/browser.py: the UI's round trip in chromium")
-    seg = Segmenter.from_pretrained(weights, device="cpu")
-    print(f"weights: {common.weights_label(weights)}; engine {seg.engine}; torch threads {threads}\n", flush=True)
+    seg = None if args.trace else Segmenter.from_pretrained(weights, device="cpu")
+    engine = f"engine {seg.engine}; " if seg is not None else ""
+    print(f"weights: {common.weights_label(weights)}; {engine}torch threads {threads}\n", flush=True)
     limits = Limits()
     with (
         tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp,

@@ -226,22 +226,37 @@ def sample_photo(index: int = 0) -> Image.Image:
     """A real photo of a person (val image ``index`` of the dataset) when the data is there, else a synthetic one."""
     try:
         pairs = load_pairs(DEFAULT_DATA_DIR, "val")
+        if not pairs:
+            raise ValueError("no val rows")
         return load_pair(pairs[index % len(pairs)])[0]
-    except ValueError:
+    except (ValueError, OSError):
         return synthetic_photo((600, 800), seed=index)
+
+
+@functools.lru_cache(maxsize=1)
+def largest_val_photos() -> list[Image.Image]:
+    """The dataset's val photos, largest first (the largest is 1500x1001), or [] without the data."""
+    try:
+        photos = [load_pair(pair)[0] for pair in load_pairs(DEFAULT_DATA_DIR, "val")]
+    except (ValueError, OSError):
+        return []
+    return sorted(photos, key=lambda im: -im.width * im.height)
 
 
 @functools.lru_cache(maxsize=16)
 def jpeg_bytes(megapixels: float, quality: int = 90, seed: int = 0) -> bytes:
-    """JPEG bytes of a ``megapixels`` 4:3 photo: a val photo of a person (``sample_photo(seed)``, cropped to 4:3 and
-    scaled, with the synthetic photo's sensor noise so that it compresses like a photo taken at that size) when the
-    data is there, so that the timed requests take the path of a photo with a person in it (the cutout, the
-    clean-up); else a synthetic photo."""
+    """JPEG bytes of a ``megapixels`` 4:3 photo of a person when the data is there: the ``seed``-th largest val photo
+    (seed 0: the largest, 1500x1001 px, so 1 MP is a crop and 12 MP a 2.8x enlargement), cropped to 4:3, scaled, with
+    the synthetic photo's sensor noise (so that the file is about as large as a photo taken at that size). Requests
+    then take the path of a photo with a person in it (the cutout, the clean-up), though an enlarged photo has
+    smoother edges than one taken at 12 MP. Without the data, a synthetic photo (in which the model finds nobody)."""
     size = MEGAPIXEL_SIZES.get(megapixels) or (
         round((megapixels * 1e6 * 4 / 3) ** 0.5),
         round((megapixels * 1e6 * 3 / 4) ** 0.5),
     )
-    photo = np.asarray(ImageOps.fit(sample_photo(seed), size, Image.BICUBIC), dtype=np.float32)
+    photos = largest_val_photos()
+    source = photos[seed % len(photos)] if photos else synthetic_photo(size, seed)
+    photo = np.asarray(ImageOps.fit(source, size, Image.BICUBIC), dtype=np.float32)
     noise = np.random.default_rng(seed).normal(0, 6, (size[1], size[0], 1)).astype(np.float32)  # as synthetic_photo
     buf = io.BytesIO()
     Image.fromarray(np.clip(photo + noise, 0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=quality)

@@ -8,9 +8,9 @@ the mask). "end to end" times ``Segmenter.segment`` + PNG as one call: exactly w
 With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port, and
 the Photo tab's handler (``app.segment_photo``: the pipeline and every result file the UI shows) in process, its
 files made side by side (``views.ENCODERS``, the app's setting) and one at a time. The photos are a val photo of a
-person scaled to each size (``common.jpeg_bytes``; a synthetic one without the data).
+person scaled to each size (``common.jpeg_bytes``; a synthetic one, without a person, without the data).
 
-    .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~2 min)
+    .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~3 min)
     .venv/bin/python bench/end_to_end.py --quick      # 0.3 and 1 MP, few rounds, no app
     .venv/bin/python bench/end_to_end.py --threads 1 --rounds 30
 """
@@ -145,7 +145,7 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
             views.ENCODERS = side_by_side
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache:
+    with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache, one_worker:
         for mp in sizes:
             path = Path(cache) / f"photo-{mp:g}mp.jpg"
             path.write_bytes(jpeg_bytes(mp))
@@ -163,7 +163,6 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
             both, one = t["side by side"].p50, t["one at a time"].p50
             label, n = f"{mp:g} MP ({photo.width}x{photo.height})", str(len(t["segment"].samples))
             rows.append([label, n, ms(t["segment"].p50), ms(both), ms(one), f"{both / one:.2f}x"])
-    one_worker.shutdown()
     workers = side_by_side._max_workers
     headers = ["photo", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
     return (

@@ -326,16 +326,32 @@ def test_no_person_over_http_and_gradio_client(tmp_path: Path, example_photo: Pa
     assert status.startswith("**Person found**") and "presence score:** 1.00" in status
 
 
-def test_the_server_trims_its_heap_only_when_idle(tiny_weights: Path) -> None:
-    """Every segment call marks the server busy (IdleTrim.busy); the cache sweeper's housekeeping is the IdleTrim."""
+@pytest.mark.filterwarnings("ignore:No person found")  # gr.Warning outside a running app
+def test_the_servers_work_holds_off_the_heap_trim(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Segmenting and rendering run inside IDLE_TRIM.active(): the heap is trimmed only TRIM_IDLE_S after them."""
     from segmenter.server.memory import IdleTrim
 
-    calls = []
-    segment = app.make_segment(Segmenter.from_pretrained(tiny_weights, device="cpu"), on_call=lambda: calls.append(1))
-    segment(Image.new("RGB", (40, 30)), Options())
-    assert calls == [1]
+    now, trims, during = [0.0], [], []
+    idle_trim = IdleTrim(10.0, trim=lambda: trims.append(now[0]) or True, clock=lambda: now[0])
+    monkeypatch.setattr(app, "IDLE_TRIM", idle_trim)
+    seg = Segmenter.from_pretrained(tiny_weights, device="cpu")
+    model_step = seg.segment
+    seg.segment = lambda *a: (during.append(idle_trim()), model_step(*a))[1]  # a sweep while the model runs
+    saving = app.save_all_to_cache
+    monkeypatch.setattr(app, "save_all_to_cache", lambda *a: (during.append(idle_trim()), saving(*a))[1])
+    image_path = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (90, 120, 150)).save(image_path)
+    settings = (0.5, False, True, 2.0, True, "Transparent", "#00ff00", 2.0, None)
+    now[0] = 50.0  # idle 50 s since start-up when the photo comes
+    app.segment_photo(app.make_segment(seg), str(tmp_path), {"path": str(image_path)}, *settings)
+    assert during == [False, False]  # never trimmed while it segments or writes its files
+    assert not idle_trim()  # nor right after
+    now[0] = 60.0
+    assert idle_trim() and trims == [60.0]
     server = app.create_app(tiny_weights)
     try:
-        assert isinstance(server.state.cache_sweeper.after, IdleTrim) == app.TRIM_HEAP
+        assert server.state.cache_sweeper.after is (idle_trim if app.TRIM_HEAP else None)
     finally:
         server.state.cache_sweeper.stop()

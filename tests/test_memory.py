@@ -44,23 +44,36 @@ def test_freed_buffers_return_to_the_os() -> None:
     assert mapped < 8, mapped
 
 
-def test_idle_trim_waits_for_an_idle_spell_and_trims_once_per_spell() -> None:
+def test_idle_trim_waits_for_an_idle_spell_after_the_last_request_and_trims_once() -> None:
     from segmenter.server.memory import IdleTrim
 
     now, trims = [100.0], []
     idle_trim = IdleTrim(10.0, trim=lambda: trims.append(now[0]) or True, clock=lambda: now[0])
-    for t in (101.0, 109.9):  # the sweeper calls it each second: too soon after start-up
-        now[0] = t
-        assert not idle_trim()
+    now[0] = 109.9
+    assert not idle_trim()  # the sweeper calls it each second: too soon after start-up
     now[0] = 110.0
     assert idle_trim() and not idle_trim()  # idle 10 s: one trim, then none while still idle
-    now[0] = 115.0
-    idle_trim.busy()  # a photo is being segmented
-    for t in (116.0, 124.9):
-        now[0] = t
-        assert not idle_trim()  # photos in quick succession keep their pages
-    now[0] = 125.0
+    with idle_trim.active():  # a request from 115 to 130: never trimmed while it runs
+        for now[0] in (115.0, 125.0, 130.0):
+            assert not idle_trim()
+    now[0] = 139.9
+    assert not idle_trim()  # photos in quick succession keep their pages
+    now[0] = 140.0
     assert idle_trim()
-    assert trims == [110.0, 125.0]
+    assert trims == [110.0, 140.0]
     with pytest.raises(ValueError, match="idle_s"):
         IdleTrim(-1.0)
+
+
+def test_idle_trim_of_zero_trims_after_each_request_never_during_one() -> None:
+    from segmenter.server.memory import IdleTrim
+
+    now, trims = [0.0], []
+    idle_trim = IdleTrim(0.0, trim=lambda: trims.append(now[0]) or True, clock=lambda: now[0])
+    for start in (1.0, 3.0):
+        with idle_trim.active():
+            now[0] = start
+            assert not idle_trim()
+        now[0] = start + 0.5
+        assert idle_trim() and not idle_trim()
+    assert trims == [1.5, 3.5]

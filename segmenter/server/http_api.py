@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import anyio
 from fastapi import FastAPI, Request
@@ -30,10 +33,16 @@ def result_headers(result: Segmentation) -> dict[str, str]:
     return headers
 
 
-def add_http_api(app: FastAPI, segment: Segment, limits: Limits) -> None:
+def add_http_api(
+    app: FastAPI,
+    segment: Segment,
+    limits: Limits,
+    active: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+) -> None:
     """Register ``POST /api/segment``: multipart field ``file`` -> PNG (``?output=cutout|mask|overlay``).
 
-    Bad requests get 4xx with JSON ``{"error": ...}``. Model runs share a ``limits.concurrency``-wide limiter.
+    Bad requests get 4xx with JSON ``{"error": ...}``. Model runs share a ``limits.concurrency``-wide limiter. Each
+    request's decoding, segmenting and encoding run inside ``active()`` (the server's ``IdleTrim.active``).
     """
     limiter = anyio.CapacityLimiter(limits.concurrency)
 
@@ -44,8 +53,9 @@ def add_http_api(app: FastAPI, segment: Segment, limits: Limits) -> None:
     app.add_exception_handler(RequestValidationError, invalid_query)
 
     def segment_png(data: bytes, output: str, options: Options) -> tuple[bytes, Segmentation]:
-        result = segment(load_image(data, limits.max_upload_bytes, limits.max_pixels), options)
-        return encode_png(result.render(output)), result
+        with active():
+            result = segment(load_image(data, limits.max_upload_bytes, limits.max_pixels), options)
+            return encode_png(result.render(output)), result
 
     @app.post(
         "/api/segment",
