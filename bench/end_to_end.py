@@ -7,7 +7,7 @@ uses), finish (``pipeline.finish``: threshold, presence gate, fill holes, feathe
 the mask). "end to end" times ``Segmenter.segment`` + PNG as one call: exactly what ``POST /api/segment`` runs.
 With ``app.py`` present, its ``/segment`` endpoint is also timed through gradio_client on a free localhost port, and
 the Photo tab's handler (``app.segment_photo``: the pipeline and every result file the UI shows) in process, its
-files made side by side (``views.ENCODERS``, the app's setting) and one at a time. The photos are a val photo of a
+files made side by side (``views.ENCODE_WORKERS``, the app's setting) and one at a time. The photos are a val photo of a
 person scaled to each size (``common.jpeg_bytes``; a synthetic one, without a person, without the data).
 
     .venv/bin/python bench/end_to_end.py              # 0.3, 1, 12 MP, in process and through the app (~3 min)
@@ -129,23 +129,23 @@ def through_app(weights: Path, sizes: list[float], requests: int, max_seconds: f
 
 def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: float) -> str:
     """The Photo tab's handler in process on each photo size: its result files made side by side
-    (the app's ``views.ENCODERS``) against one at a time (a one-worker pool), interleaved, with ``segment`` alone."""
+    (the app's ``views.ENCODE_WORKERS``) against one at a time (one worker), interleaved, with ``segment`` alone."""
     app = importlib.import_module("app")
     segment = app.make_segment(seg)
     d = Options()
     settings = (seg.threshold, d.keep_largest, d.fill_holes, d.feather_px, d.presence_gate, "Transparent", "#00b140")
     settings += (3.0, None)  # blur strength, background image
-    side_by_side, one_worker = views.ENCODERS, views.ThreadPoolExecutor(max_workers=1)
+    side_by_side = views.ENCODE_WORKERS
 
-    def handler(path: Path, pool: views.ThreadPoolExecutor, cache: str) -> None:
-        views.ENCODERS = pool
+    def handler(path: Path, workers: int, cache: str) -> None:
+        views.ENCODE_WORKERS = workers
         try:
             app.segment_photo(segment, cache, {"path": str(path)}, *settings)
         finally:
-            views.ENCODERS = side_by_side
+            views.ENCODE_WORKERS = side_by_side
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache, one_worker:
+    with tempfile.TemporaryDirectory(prefix="bench-ui-") as cache:
         for mp in sizes:
             path = Path(cache) / f"photo-{mp:g}mp.jpg"
             path.write_bytes(jpeg_bytes(mp))
@@ -154,7 +154,7 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
                 {
                     "segment": lambda photo=photo: segment(photo, Options()),
                     "side by side": lambda path=path: handler(path, side_by_side, cache),
-                    "one at a time": lambda path=path: handler(path, one_worker, cache),
+                    "one at a time": lambda path=path: handler(path, 1, cache),
                 },
                 rounds,
                 warmup=1,
@@ -163,7 +163,7 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
             both, one = t["side by side"].p50, t["one at a time"].p50
             label, n = f"{mp:g} MP ({photo.width}x{photo.height})", str(len(t["segment"].samples))
             rows.append([label, n, ms(t["segment"].p50), ms(both), ms(one), f"{both / one:.2f}x"])
-    workers = side_by_side._max_workers
+    workers = side_by_side
     headers = ["photo", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
     return (
         "### The Photo tab's handler in process (app.segment_photo: pipeline + mask, cutout, overlay, before/after),"

@@ -355,3 +355,18 @@ def test_the_servers_work_holds_off_the_heap_trim(
         assert server.state.cache_sweeper.after is (idle_trim if app.TRIM_HEAP else None)
     finally:
         server.state.cache_sweeper.stop()
+
+
+def test_result_files_are_made_side_by_side_in_order_and_errors_surface(tmp_path: Path) -> None:
+    from segmenter.server.views import save_all_to_cache
+
+    jobs = {"mask.png": lambda: Image.new("L", (8, 6)), "preview.webp": lambda: Image.new("RGB", (9, 7))}
+    paths = save_all_to_cache(jobs, str(tmp_path))
+    assert [Path(p).name for p in paths] == ["mask.png", "preview.webp"]  # the order asked for
+    assert [Image.open(p).size for p in paths] == [(8, 6), (9, 7)]
+
+    def broken() -> Image.Image:
+        raise ValueError("no image today")
+
+    with pytest.raises(ValueError, match="no image today"):
+        save_all_to_cache({"ok.png": lambda: Image.new("L", (4, 4)), "broken.png": broken}, str(tmp_path))

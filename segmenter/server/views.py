@@ -17,8 +17,9 @@ from ..pipeline import Segmentation
 PREVIEW_SIDE = 1600  # longest side of view-only images (overlay, before/after)
 # The result files of one request are made and encoded side by side: PIL's encoders and compositing release the GIL,
 # so on two cores the full-size cutout PNG (the longest of them) and the previews no longer wait for each other.
+# Each request gets its own workers: a small photo's files never queue behind another request's 12 MP cutout.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # ours to use
-ENCODERS = ThreadPoolExecutor(max_workers=min(4, CORES), thread_name_prefix="encode")
+ENCODE_WORKERS = min(4, CORES)  # per request
 
 
 def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
@@ -35,14 +36,15 @@ def save_to_cache(image: Image.Image, cache_dir: str, name: str) -> str:
 
 
 def save_all_to_cache(jobs: dict[str, Callable[[], Image.Image]], cache_dir: str) -> list[str]:
-    """File name -> a call making that image: each made and saved (:func:`save_to_cache`) on ``ENCODERS``, side by
-    side; their paths, in ``jobs``' order. Whatever a call needs that is made on first use (``Segmentation.alpha``)
-    should be made before, once."""
-    futures = [
-        ENCODERS.submit(lambda name=name, make=make: save_to_cache(make(), cache_dir, name))
-        for name, make in jobs.items()
-    ]
-    return [f.result() for f in futures]
+    """File name -> a call making that image: each made and saved (:func:`save_to_cache`) side by side, on up to
+    ``ENCODE_WORKERS`` threads of this call's own; their paths, in ``jobs``' order. Whatever a call needs that is made
+    on first use (``Segmentation.alpha``) should be made before, once."""
+    with ThreadPoolExecutor(max_workers=max(1, min(ENCODE_WORKERS, len(jobs))), thread_name_prefix="encode") as pool:
+        futures = [
+            pool.submit(lambda name=name, make=make: save_to_cache(make(), cache_dir, name))
+            for name, make in jobs.items()
+        ]
+        return [f.result() for f in futures]
 
 
 def describe(result: Segmentation, seconds: float) -> str:
