@@ -222,25 +222,19 @@ def synthetic_photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def sample_photo(index: int = 0) -> Image.Image:
-    """A real photo of a person (val image ``index`` of the dataset) when the data is there, else a synthetic one."""
-    try:
-        pairs = load_pairs(DEFAULT_DATA_DIR, "val")
-        if not pairs:
-            raise ValueError("no val rows")
-        return load_pair(pairs[index % len(pairs)])[0]
-    except (ValueError, OSError):
-        return synthetic_photo((600, 800), seed=index)
+def sample_photo() -> Image.Image:
+    """A real photo of a person (the first val image of the dataset) when the data is there, else a synthetic one."""
+    photos = val_photos()
+    return photos[0] if photos else synthetic_photo((600, 800))
 
 
 @functools.lru_cache(maxsize=1)
-def largest_val_photos() -> list[Image.Image]:
-    """The dataset's val photos, largest first (the largest is 1500x1001), or [] without the data."""
+def val_photos() -> list[Image.Image]:
+    """The dataset's val photos in split order (each decoded once per process), or [] without the data."""
     try:
-        photos = [load_pair(pair)[0] for pair in load_pairs(DEFAULT_DATA_DIR, "val")]
+        return [load_pair(pair)[0] for pair in load_pairs(DEFAULT_DATA_DIR, "val")]
     except (ValueError, OSError):
         return []
-    return sorted(photos, key=lambda im: -im.width * im.height)
 
 
 @functools.lru_cache(maxsize=16)
@@ -254,7 +248,7 @@ def jpeg_bytes(megapixels: float, quality: int = 90, seed: int = 0) -> bytes:
         round((megapixels * 1e6 * 4 / 3) ** 0.5),
         round((megapixels * 1e6 * 3 / 4) ** 0.5),
     )
-    photos = largest_val_photos()
+    photos = sorted(val_photos(), key=lambda im: -im.width * im.height)  # the largest, 1500x1001, first
     source = photos[seed % len(photos)] if photos else synthetic_photo(size, seed)
     photo = np.asarray(ImageOps.fit(source, size, Image.BICUBIC), dtype=np.float32)
     noise = np.random.default_rng(seed).normal(0, 6, (size[1], size[0], 1)).astype(np.float32)  # as synthetic_photo

@@ -163,8 +163,7 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
             both, one = t["side by side"].p50, t["one at a time"].p50
             label, n = f"{mp:g} MP ({photo.width}x{photo.height})", str(len(t["segment"].samples))
             rows.append([label, n, ms(t["segment"].p50), ms(both), ms(one), f"{both / one:.2f}x"])
-    workers = side_by_side
-    headers = ["photo", "rounds", "segment ms", f"handler ms, {workers} encoders", "handler ms, 1"]
+    headers = ["photo", "rounds", "segment ms", f"handler ms, {side_by_side} encoders", "handler ms, 1"]
     return (
         "### The Photo tab's handler in process (app.segment_photo: pipeline + mask, cutout, overlay, before/after),"
         " ms p50\n\n" + markdown_table([*headers, "side by side / one at a time"], rows)
