@@ -496,7 +496,7 @@ def export(
         **provenance,
         "train_config": dataclasses.asdict(cfg),
     }
-    _, val_sources = sources(cfg)
+    train_sources, val_sources = sources(cfg)
     val_sets, test_sets = [], []
     for src in val_sources:  # (a --data without split.csv has no named splits to record)
         with contextlib.suppress(ValueError):
@@ -505,7 +505,6 @@ def export(
             with contextlib.suppress(ValueError):
                 test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
     tune = cfg.tune_inference and _has_split_sources(cfg)
-    train_sources, _ = sources(cfg)
     scene_train = [p for src in train_sources for p in load_pairs(src.path, src.split)] if cfg.scene_prior else None
     mcfg = export_run(
         G,

@@ -386,18 +386,15 @@ def export_run(
 
     save_pretrained(G, mcfg, out, half=half)
     seg = Segmenter.from_pretrained(out, device="cpu")
-    empty = [all_empty(pairs) for _, pairs in val_sets]  # decoded once per set
-    person_sets = [s for s, e in zip(val_sets, empty, strict=True) if not e]
-    empty_sets = [s for s, e in zip(val_sets, empty, strict=True) if e]
-    if tune and person_sets:  # size and flip first: the presence scores depend on them
-        seg.cfg.meta["inference_tuning"] = tune_inference(seg, [x for _, p in person_sets for x in p], max_size)
-        seg.cfg.meta["presence_tuning"] = tune_presence(
-            seg, [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
-        )
+    person, none = [], []  # the val photos with people and those without (a set whose masks are all empty)
+    for _, pairs in val_sets:
+        (none if all_empty(pairs) else person).extend(pairs)
+    if tune and person:  # size and flip first: the presence scores depend on them
+        seg.cfg.meta["inference_tuning"] = tune_inference(seg, person, max_size)
+        seg.cfg.meta["presence_tuning"] = tune_presence(seg, person, none)
     if scene_train is not None:  # the prior is fitted at the chosen size and flip, against the chosen threshold
         from . import scene
 
-        person, none = [x for _, p in person_sets for x in p], [x for _, p in empty_sets for x in p]
         seg.cfg.meta["scene_prior"] = scene.attach(seg.model, seg.cfg, scene_train, person, none)
         save_pretrained(seg.model, seg.cfg, out, half=half)
         seg = Segmenter.from_pretrained(out, device="cpu")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .model import ScenePrior
 WEIGHT_DECAYS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 MAX_SIDE = 640  # photos are decoded at most this large: the prior sees them at 224 px
 VETO_MARGIN = 0.5  # the probe's threshold is this times the lowest val score of a photo with a person
+MIN_PASTED_SHARE = 0.02  # a pasted person must keep this share of the frame to count as a person in it
 
 
 def _decoded(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +69,7 @@ def training_samples(pairs: Iterable[Pair], seed: int = 0) -> tuple[list[torch.T
             if people:
                 donor, donor_mask = people[rng.randrange(len(people))]
                 pasted, pasted_mask = paste_person(t, m, donor, donor_mask, rng.random)
-                if (pasted_mask > 127).float().mean() >= 0.02:  # a person worth the name made it into the frame
+                if (pasted_mask > 127).float().mean() >= MIN_PASTED_SHARE:  # a person made it into the frame
                     pos.append(pasted)
     return pos, neg
 
@@ -135,13 +137,11 @@ def attach(
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
     vp = features(prior, cfg, (load_pair(p, MAX_SIDE)[0] for p in val_person))
     vn = features(prior, cfg, (load_pair(p, MAX_SIDE)[0] for p in val_empty))
-    aucs = {}
-    for wd in WEIGHT_DECAYS:
-        w, b = fit_probe(X, y, wd)
-        aucs[wd] = roc_auc((vp @ w.T)[:, 0], (vn @ w.T)[:, 0])
+    probes = {wd: fit_probe(X, y, wd) for wd in WEIGHT_DECAYS}
+    aucs = {wd: roc_auc((vp @ w.T)[:, 0], (vn @ w.T)[:, 0]) for wd, (w, _) in probes.items()}
     best = max(aucs.values())
     wd = max(d for d, a in aucs.items() if a == best)  # ties: the stronger regularisation
-    w, b = fit_probe(X, y, wd)
+    w, b = probes[wd]
     prior.probe.weight.copy_(w)
     prior.probe.bias.copy_(b)
     lowest = float(torch.sigmoid((vp @ w.T)[:, 0] + b).min())
@@ -183,7 +183,7 @@ def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> 
         donor, donor_mask = _decoded(pair)
         image, mask = _decoded(rng.choice(val_empty))
         pasted, pasted_mask = paste_person(image, mask, donor, donor_mask, rng.random)
-        if (pasted_mask > 127).float().mean() >= 0.02:
+        if (pasted_mask > 127).float().mean() >= MIN_PASTED_SHARE:
             out.append(pasted)
     return out
 
@@ -228,16 +228,20 @@ def main(argv: list[str] | None = None) -> None:
     cfg = seg.cfg
     if cfg.arch != "effnet_unet" or not cfg.presence_head:
         raise SystemExit(f"{args.weights}: the scene prior vetoes a presence head; this {cfg.arch} has none")
-    train = parse_sources(args.train, args.data_root) if args.train else None
-    train = train or _recorded_sources(cfg, "sources", args.data_root, "train")
-    val = parse_sources(args.val, args.data_root, "val") if args.val else None
-    val = val or _recorded_sources(cfg, "val_sources", args.data_root, "val")
+    if args.train:
+        train = parse_sources(args.train, args.data_root)
+    else:
+        train = _recorded_sources(cfg, "sources", args.data_root, "train")
+    if args.val:
+        val = parse_sources(args.val, args.data_root, "val")
+    else:
+        val = _recorded_sources(cfg, "val_sources", args.data_root, "val")
     train_pairs = [pair for src in train for pair in load_pairs(src.path, src.split)]
     val_person, val_empty = split_pairs(val)
-    seg.model.scene = None  # refit from ImageNet, never from an earlier probe
+    # attach fits a new prior from ImageNet: an earlier probe is replaced, never refined
     cfg.meta["scene_prior"] = attach(seg.model, cfg, train_pairs, val_person, val_empty)
     cfg.meta.pop("metrics", None)  # measured without the prior: python -m segmenter.evaluate --card records them
-    command = "python -m segmenter.scene " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m segmenter.scene " + " ".join(argv if argv is not None else sys.argv[1:])
     cfg.meta["commands"] = [*cfg.meta.get("commands", []), command]
     save_pretrained(seg.model, cfg, args.out)
     print(f"wrote {args.out}/ ({CONFIG_NAME}, model.safetensors, model.onnx); now record its figures with")
