@@ -1,7 +1,9 @@
 """How close does the generator's forward pass get to this machine's arithmetic floor, and which levers help?
 
-FLOPs per 256x256 image come from torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add, convolutions
-only: BatchNorm, activations, concatenation and resampling are memory traffic, not counted). The machine's fp32 rate
+Everything is measured on the forward the Segmenter serves (the mask, plus the presence logit of the presence head and
+any scene prior) at the weights' own input size. FLOPs per image come from torch.utils.flop_counter.FlopCounterMode
+(2 FLOPs per multiply-add, convolutions and matmuls only: BatchNorm, activations, concatenation and resampling are
+memory traffic, not counted). The machine's fp32 rate
 is measured in the same run, interleaved with the forward passes (a 2048^2 matmul and a 3x3 conv 128->128 at 64x64):
 floor = FLOPs / the faster of the two. "convs alone" sums each of the model's convolutions timed in isolation on its
 real input shape: the floor for this op mix with these kernels (narrow and depthwise convs run far below peak).
@@ -14,9 +16,7 @@ real input shape: the floor for this op mix with these kernels (narrow and depth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +36,14 @@ from common import (
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segmenter.config import ModelConfig
+from segmenter.export import Served, save_onnx
 from segmenter.inference import Segmenter
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-SIZE = 256
 
 
-def count_flops(model: nn.Module, size: int = SIZE, with_presence: bool = False) -> tuple[float, list[str]]:
+def count_flops(model: nn.Module, size: int, with_presence: bool = False) -> tuple[float, list[str]]:
     """FLOPs of one forward pass on a (1,3,size,size) input, and the op kinds counted; ``with_presence``: the forward
     the Segmenter runs on a generator with a presence head (mask, presence head and any scene prior)."""
     counter = FlopCounterMode(display=False)
@@ -73,7 +74,7 @@ def rate_probes(device: torch.device) -> dict[str, tuple[Callable[[], object], f
     }
 
 
-def convs_alone(model: nn.Module, device: torch.device, rounds: int, max_seconds: float) -> float:
+def convs_alone(model: nn.Module, size: int, device: torch.device, rounds: int, max_seconds: float) -> float:
     """Seconds for one b1 forward's convolutions, each timed alone on its recorded input (sum of p50s)."""
     calls: dict[str, Callable[[], object]] = {}
 
@@ -84,7 +85,7 @@ def convs_alone(model: nn.Module, device: torch.device, rounds: int, max_seconds
         m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
     ]
     with torch.inference_mode():
-        model(torch.randn(1, 3, SIZE, SIZE, device=device))
+        model(torch.randn(1, 3, size, size, device=device))
         for h in hooks:
             h.remove()
         timings = time_interleaved(calls, rounds, device=device, max_seconds=max_seconds)
@@ -110,7 +111,8 @@ def _eager(no_grad_only: bool = False, channels_last: bool = False, bf16: bool =
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with ctx(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return net(x).float()
+                out = net(x)
+            return (out[0] if isinstance(out, tuple) else out).float()  # the mask
 
         return forward
 
@@ -135,42 +137,31 @@ def _compiled(bf16: bool) -> Callable[..., Forward]:
     return build
 
 
-def onnx_file(model: nn.Module, key: str) -> Path:
-    """Export ``model`` once (dynamic batch) to a temp file named by ``key``; later runs reuse it."""
-    path = Path(tempfile.gettempdir()) / f"bench-{key}.onnx"
-    if not path.is_file():
-        x = torch.randn(2, 3, SIZE, SIZE)
-        tmp = path.with_suffix(".part")
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(
-                copy.deepcopy(model).eval(),
-                (x,),
-                str(tmp),
-                input_names=["x"],
-                output_names=["y"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True,
-                external_data=False,
-            )
-        tmp.replace(path)
-    return path
+def onnx_file(model: Served, cfg: ModelConfig, key: str) -> Path:
+    """``model.onnx`` as the package exports it (``save_onnx``: dynamic batch and size), written once to a temp
+    folder named by ``key``; later runs reuse it."""
+    folder = Path(tempfile.gettempdir()) / f"bench-{key}"
+    if not (folder / "model.onnx").is_file():
+        folder.mkdir(exist_ok=True)
+        save_onnx(model.model, copy.deepcopy(cfg), folder)
+    return folder / "model.onnx"
 
 
-def _onnxruntime(key: str) -> Callable[..., Forward]:
-    def build(model: nn.Module, device: torch.device, threads: int) -> Forward:
+def _onnxruntime(key: str, cfg: ModelConfig) -> Callable[..., Forward]:
+    def build(model: Served, device: torch.device, threads: int) -> Forward:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(onnx_file(model, key)), opts, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        session = ort.InferenceSession(str(onnx_file(model, cfg, key)), opts, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"pixels": x.numpy()})[0])
 
     return build
 
 
-def variants(onnx_key: str, with_compile: bool) -> list[Variant]:
+def variants(onnx_key: str, cfg: ModelConfig, with_compile: bool) -> list[Variant]:
     out = [
         Variant("eager fp32, no_grad (baseline)", _eager(no_grad_only=True)),
         Variant("+ inference_mode", _eager()),
@@ -179,8 +170,8 @@ def variants(onnx_key: str, with_compile: bool) -> list[Variant]:
         Variant("bf16 autocast", _eager(bf16=True), exact=False),
         Variant("bf16 autocast + channels_last", _eager(channels_last=True, bf16=True), exact=False),
     ]
-    if all(_has(m) for m in ("onnxruntime", "onnx", "onnxscript")):  # run, and export with torch.onnx (dynamo)
-        out.append(Variant("ONNX Runtime fp32", _onnxruntime(onnx_key), devices=("cpu",)))
+    if all(_has(m) for m in ("onnxruntime", "onnx")):  # run, and export as the package does
+        out.append(Variant("ONNX Runtime fp32", _onnxruntime(onnx_key, cfg), devices=("cpu",)))
     if with_compile:
         out += [
             Variant("torch.compile (inductor, freezing)", _compiled(False), batched=False),
@@ -199,6 +190,7 @@ def _has(module: str) -> bool:
 @dataclass
 class ArchResult:
     arch: str
+    size: int  # input side, px
     device: str
     threads: int
     flops: float
@@ -222,13 +214,13 @@ def measure(arch: str, device: torch.device, threads: int, args: argparse.Namesp
     if device.type == "cpu":
         torch.set_num_threads(threads)
     seg = Segmenter.from_pretrained(weights_for(arch, override=args.weights), device=device)
-    model = seg.model
-    flops, _ = count_flops(model.cpu())
+    model, size = Served(seg.model.cpu()).eval(), seg.cfg.input_size
+    flops, _ = count_flops(model, size)
     model.to(device)
     key = f"{arch}-{seg.cfg.meta.get('sha256', 'x')[:12]}"
-    chosen = [v for v in variants(key, args.compile) if device.type in v.devices]
+    chosen = [v for v in variants(key, seg.cfg, args.compile) if device.type in v.devices]
     forwards = {v.name: v.build(model, device, threads) for v in chosen}
-    x1 = seg.preprocess([sample_photo()])  # (1,3,S,S): a real photo, so the masks compared below mean something
+    x1 = seg.preprocess([sample_photo()], size)  # (1,3,S,S): a real photo, so the masks compared below mean something
     probes = rate_probes(device)
     candidates: dict[str, Callable[[], object]] = {name: (lambda f=f: f(x1)) for name, f in forwards.items()}
     candidates |= {name: call for name, (call, _) in probes.items()}
@@ -249,15 +241,15 @@ def measure(arch: str, device: torch.device, threads: int, args: argparse.Namesp
     names = list(dict.fromkeys([chosen[0].name, fastest_exact.name, fastest.name]))
     batched: dict[tuple[str, int], Timing] = {}
     for bs in args.batches:
-        xb = torch.randn(bs, 3, SIZE, SIZE, device=device)
+        xb = torch.randn(bs, 3, size, size, device=device)
         fns = {n: (lambda f=forwards[n], xb=xb: f(xb)) for n in names}
         t = time_interleaved(
             fns, args.batch_rounds, warmup=1, device=device, max_seconds=args.max_seconds, min_rounds=1
         )
         batched |= {(n, bs): t[n] for n in names}
-    alone = convs_alone(model, device, args.rounds, args.max_seconds)
+    alone = convs_alone(model, size, device, args.rounds, args.max_seconds)
     exact = {v.name for v in chosen if v.exact}
-    return ArchResult(arch, device.type, threads, flops, rates, alone, b1, batched, max_diff, flipped, exact)
+    return ArchResult(arch, size, device.type, threads, flops, rates, alone, b1, batched, max_diff, flipped, exact)
 
 
 # ------------------------------------------------------------------ report
@@ -265,11 +257,12 @@ def print_flops(archs: list[str], override: str | None) -> None:
     rows = []
     for arch in archs:
         seg = Segmenter.from_pretrained(weights_for(arch, override=override), device="cpu")
-        flops, ops = count_flops(seg.model)
+        size = seg.cfg.input_size
+        flops, ops = count_flops(Served(seg.model), size)
         params = sum(p.numel() for p in seg.model.parameters())
-        rows.append([arch, f"{params / 1e6:.2f}", f"{flops / 1e9:.2f}", ", ".join(ops)])
-    print("### FLOPs per 256x256 image (FlopCounterMode, 2 FLOPs per multiply-add)\n")
-    print(markdown_table(["generator", "params (M)", "GFLOP / image", "ops counted"], rows))
+        rows.append([arch, f"{size}x{size}", f"{params / 1e6:.2f}", f"{flops / 1e9:.2f}", ", ".join(ops)])
+    print("### FLOPs per image of the served forward (FlopCounterMode, 2 FLOPs per multiply-add)\n")
+    print(markdown_table(["generator", "input", "params (M)", "GFLOP / image", "ops counted"], rows))
     print()
 
 
@@ -279,7 +272,10 @@ def print_results(results: list[ArchResult]) -> None:
     print(
         markdown_table(
             ["measured beside", "device", "threads", *probe_names],
-            [[r.arch, r.device, r.threads, *[fmt(r.rates[n], 0) for n in probe_names]] for r in results],
+            [
+                [f"{r.arch} ({r.size} px)", r.device, r.threads, *[fmt(r.rates[n], 0) for n in probe_names]]
+                for r in results
+            ],
         )
     )
     print()
@@ -295,7 +291,7 @@ def print_results(results: list[ArchResult]) -> None:
             tput = {bs: (f"{bs / r.batched[name, bs].p50:.1f}" if (name, bs) in r.batched else "–") for bs in (8, 16)}
             rows.append(
                 [
-                    r.arch,
+                    f"{r.arch} ({r.size} px)",
                     r.device,
                     r.threads,
                     f"{label}: {name}",

@@ -55,8 +55,9 @@ def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half
     return folder
 
 
-class _Outputs(nn.Module):
-    """The generator with its presence logits as a second output (when it has a head): the graph ONNX records."""
+class Served(nn.Module):
+    """The forward the Segmenter runs: the generator's mask, plus its presence logits as a second output when it has
+    a presence head. No flag to branch on, so the ONNX exporter (and torch.fx) can trace it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -82,7 +83,7 @@ def save_onnx(model: nn.Module, cfg: ModelConfig, folder: str | Path) -> Path | 
         print(f"note: the onnx package is missing, so no {ONNX_NAME} (the ONNX Runtime engine) was written")
         path.unlink(missing_ok=True)
         return None
-    net = _Outputs(copy.deepcopy(model).float().cpu().eval())
+    net = Served(copy.deepcopy(model).float().cpu().eval())
     with_presence = getattr(net.model, "presence", None) is not None
     names = ["mask", "presence"] if with_presence else ["mask"]
     axes = {"pixels": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 2: "height", 3: "width"}}

@@ -1,0 +1,43 @@
+"""The model-floor benchmark runs on the shipped weights and measures the forward the Space serves.
+
+Only that it runs and what it measures is asserted here; its timings are figures for the benchmark's own table.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+from torch.utils.flop_counter import FlopCounterMode
+
+from segmenter.inference import Segmenter
+
+
+@pytest.mark.slow
+def test_model_floor_measures_the_served_forward_at_the_served_size() -> None:
+    seg = Segmenter.from_pretrained(REPO_ROOT / "weights", device="cpu", engine="torch")
+    cfg = seg.cfg
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        seg.model(torch.zeros(1, 3, cfg.input_size, cfg.input_size))  # the mask alone
+    run = subprocess.run(
+        [sys.executable, "bench/model_floor.py", "--quick", "--max-seconds", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    flops = re.search(rf"\| effnet_unet \| {cfg.input_size}x{cfg.input_size} \| [\d.]+ \| ([\d.]+) \|", run.stdout)
+    assert flops, run.stdout[:3000]
+    mask_only = counter.get_total_flops() / 1e9
+    if cfg.presence_head:  # the served forward also runs the presence head (and any scene prior)
+        assert float(flops[1]) > mask_only + 0.005
+    else:
+        assert float(flops[1]) == pytest.approx(mask_only, abs=0.005)
+    assert re.search(r"\| ONNX Runtime fp32 \| [\d.]+ \|", run.stdout), "the engine the Space uses on a CPU is measured"
+    assert f"effnet_unet ({cfg.input_size} px)" in run.stdout
