@@ -42,7 +42,7 @@ from segmenter.server.http_api import add_http_api
 from segmenter.server.live import LIVE_FPS, live_webcam_status, segment_frame
 from segmenter.server.loading import MissingWeightsError, front_matter_models, load_segmenter
 from segmenter.server.memory import IdleTrim, return_freed_buffers
-from segmenter.server.views import PREVIEW_SIDE, describe, model_card, save_all_to_cache
+from segmenter.server.views import CORES, PREVIEW_SIDE, describe, model_card, save_all_to_cache
 
 TITLE = "Person segmentation"
 DESCRIPTION = """\
@@ -69,7 +69,7 @@ LIMITS = Limits(
 )
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
-TORCH_THREADS = int(os.getenv("TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, LIMITS.concurrency)))))
+TORCH_THREADS = int(os.getenv("TORCH_THREADS", str(max(1, CORES // max(1, LIMITS.concurrency)))))
 ENGINE = os.getenv("ENGINE", "auto").lower()  # auto: ONNX Runtime on a CPU when weights/model.onnx is there
 LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or when the CPU keeps up
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRa
 from tqdm.auto import tqdm
 
 from segmenter.config import ModelConfig
-from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, SegmentationDataset, load_pairs, parse_sources
+from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, Pair, SegmentationDataset, load_pairs, parse_sources
 from segmenter.export import (  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
     EXPORT_FILES,
     all_empty,
@@ -497,15 +497,20 @@ def export(
         "train_config": dataclasses.asdict(cfg),
     }
     train_sources, val_sources = sources(cfg)
+
+    def pairs(src: DataSource, split: str) -> list[Pair]:  # --limit holds at export too
+        found = load_pairs(src.path, split)
+        return found[: cfg.limit] if cfg.limit else found
+
     val_sets, test_sets = [], []
     for src in val_sources:  # (a --data without split.csv has no named splits to record)
         with contextlib.suppress(ValueError):
-            val_sets.append((f"{src.name}/{src.split}", load_pairs(src.path, src.split)))
+            val_sets.append((f"{src.name}/{src.split}", pairs(src, src.split)))
         if cfg.eval_test:  # recorded for the card, never used to choose
             with contextlib.suppress(ValueError):
-                test_sets.append((f"{src.name}/test", load_pairs(src.path, "test")))
+                test_sets.append((f"{src.name}/test", pairs(src, "test")))
     tune = cfg.tune_inference and _has_split_sources(cfg)
-    scene_train = [p for src in train_sources for p in load_pairs(src.path, src.split)] if cfg.scene_prior else None
+    scene_train = [p for src in train_sources for p in pairs(src, src.split)] if cfg.scene_prior else None
     mcfg = export_run(
         G,
         mcfg,

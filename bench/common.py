@@ -35,6 +35,7 @@ from segmenter.config import ModelConfig  # noqa: E402
 from segmenter.data import DEFAULT_DATA_DIR, load_pair, load_pairs  # noqa: E402
 from segmenter.export import CONFIG_NAME, WEIGHTS_NAME, save_pretrained  # noqa: E402
 from segmenter.model import build_generator  # noqa: E402
+from segmenter.server.views import CORES  # noqa: E402
 
 SHIPPED_WEIGHTS = ROOT / "weights"
 
@@ -52,10 +53,9 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, str]:
     """What the figures depend on: CPU, cores usable by this process, torch and its threads, background load."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
         "CPU": cpu_model(),
-        "cores (logical / usable)": f"{os.cpu_count()} / {usable}",
+        "cores (logical / usable)": f"{os.cpu_count()} / {CORES}",
         "torch": torch.__version__,
         "torch threads (intra / inter-op)": f"{torch.get_num_threads()} / {torch.get_num_interop_threads()}",
         "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a",

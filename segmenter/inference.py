@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .export import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, save_pretrained, sha256_file
-from .images import ImageLike, as_pil
+from .images import ImageLike, as_pil, model_input
 from .model import build_generator
 from .pipeline import Options, Segmentation, finish, upsample
 
@@ -203,12 +203,7 @@ class Segmenter:
     # ------------------------------------------------------------ the model step
     def preprocess(self, images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
         """RGB photos -> (B,3,S,S) normalised batch on the device (S: ``size`` or the model's input size)."""
-        s = size or self.cfg.input_size
-        arrs = [np.asarray(im.resize((s, s), Image.BILINEAR, reducing_gap=3.0)) for im in images]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,S,S) in [0,1]
-        mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return model_input(images, size or self.cfg.input_size, self.cfg.mean, self.cfg.std).to(self.device)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -298,7 +293,10 @@ class Segmenter:
         return [s.mask for s in self.segment_many(images, Options(threshold=threshold), batch_size)]
 
     def info(self) -> dict:
-        """Provenance for display: arch, input size, presence head, sha256, metrics recorded at export."""
+        """Provenance for display: arch, input size, presence head, scene prior (and ``scene_prior_fit``: its fit, as
+        recorded in config.json's ``meta.scene_prior``), sha256, metrics recorded at export."""
+        meta = dict(self.cfg.meta)
+        fit = meta.pop("scene_prior", None)
         return json.loads(
             json.dumps(
                 {
@@ -308,8 +306,9 @@ class Segmenter:
                     "presence_head": self.model.presence is not None,
                     "device": str(self.device),
                     "engine": self.engine,
-                    **self.cfg.meta,
-                    "scene_prior": getattr(self.model, "scene", None) is not None,  # its fit: cfg.meta["scene_prior"]
+                    **meta,
+                    "scene_prior": getattr(self.model, "scene", None) is not None,
+                    **({"scene_prior_fit": fit} if fit else {}),
                 }
             )
         )

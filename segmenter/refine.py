@@ -1,7 +1,8 @@
 """Mask refinement on numpy arrays: edge-aware upsampling (fast guided filter) and binary-mask clean-up.
 
-The model predicts at 256x256; :func:`guided_upsample` lifts that to the photo's own resolution so that mask
-edges follow the photo's edges. The others tidy a binary mask: keep the main region, fill holes, soften the edge.
+The model predicts at its input size (384x384 for the shipped weights); :func:`guided_upsample` lifts that to the
+photo's own resolution so that mask edges follow the photo's edges. The others tidy a binary mask: keep the main
+region, fill holes, soften the edge.
 """
 
 from __future__ import annotations

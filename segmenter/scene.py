@@ -34,6 +34,7 @@ from PIL import Image
 from .config import ModelConfig
 from .data import DATA_ROOT, DataSource, Pair, load_pair, load_pairs, parse_sources, paste_person, subject_crop
 from .data import background_crop as find_background
+from .images import model_input
 from .model import ScenePrior
 
 WEIGHT_DECAYS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -76,15 +77,13 @@ def training_samples(pairs: Iterable[Pair], seed: int = 0) -> tuple[list[torch.T
 
 @torch.no_grad()
 def features(prior: ScenePrior, cfg: ModelConfig, images: Iterable[torch.Tensor | Image.Image]) -> torch.Tensor:
-    """Photos -> (N,1280) features, resized and normalised as ``Segmenter.preprocess`` does (its size, its flip
-    averaging). Callers decode photos at most ``MAX_SIDE`` px: the Segmenter resizes the full photo, a small
-    difference that the veto's margin (``VETO_MARGIN``) covers."""
-    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    """Photos -> (N,1280) features of the model input the Segmenter builds (``model_input``: its size, its
+    normalisation, its flip averaging). Callers decode photos at most ``MAX_SIDE`` px: the Segmenter resizes the full
+    photo, a small difference that the veto's margin (``VETO_MARGIN``) covers."""
     out = []
     for image in images:
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image.permute(1, 2, 0).numpy())
-        pil = pil.convert("RGB").resize((cfg.input_size, cfg.input_size), Image.BILINEAR, reducing_gap=3.0)
-        x = (torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].float() / 255 - mean) / std  # (1,3,S,S)
+        x = model_input([pil.convert("RGB")], cfg.input_size, cfg.mean, cfg.std)  # (1,3,S,S)
         f = prior.features(torch.cat([x, x.flip(-1)]) if cfg.tta_flip else x)  # (1 or 2, 1280)
         out.append(f.mean(0))
     return torch.stack(out)

@@ -675,3 +675,12 @@ def test_scene_prior_without_a_val_set_without_people_stops_before_training(data
     with pytest.raises(SystemExit, match="--scene-prior chooses its threshold"):
         run_main([*args, "--scene-prior", "--run-id", "prior"])
     assert not (tmp_path / "runs" / "prior").exists()
+
+
+def test_limit_holds_at_export_too(data: Path, tmp_path: Path) -> None:
+    """--limit N (smoke runs): N pairs per split in training, and in what the export evaluates and records."""
+    assert run_main(tiny_args(data, tmp_path / "runs", "--limit", "1", "--eval-test")) == 0
+    meta = json.loads((only_run(tmp_path / "runs") / "export" / "config.json").read_text())["meta"]
+    assert meta["data"]["train_images"] == 1
+    assert set(meta["metrics"]) == {"data0/val", "data0/test"}
+    assert {record["images"] for record in meta["metrics"].values()} == {1}

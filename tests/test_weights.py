@@ -51,7 +51,10 @@ def test_test_split_miou_is_what_the_card_says_and_beats_the_bar() -> None:
 def test_photos_without_people_are_reported_as_such() -> None:
     """The Negatives val frames: as many reported "No person found" as the card says, and never a val portrait."""
     seg = Segmenter.from_pretrained(WEIGHTS, device="cpu")
-    assert seg.info()["presence_head"]
+    info = seg.info()
+    assert info["presence_head"]
+    if info["scene_prior"]:  # the flag, and the fit it was made with
+        assert info["scene_prior_fit"]["threshold"] == seg.cfg.meta["scene_prior"]["threshold"]
     negatives, _ = evaluate(seg, load_pairs(DEFAULT_DATA_DIR.parent / "Negatives", "val"), progress=False)
     assert negatives["no_person"] == pytest.approx(seg.cfg.meta["metrics"]["Negatives/val"]["no_person"], abs=1e-4)
     assert negatives["no_person"] >= 0.5
