@@ -83,6 +83,7 @@ class TrainConfig:
     aug: str = "pix2pix"
     composite_p: float = 0.0
     paste_p: float = 0.0
+    paste_min_height: float = 0.25  # pasted people are scaled to this share of the frame's height, up to 1
     crop_negative_p: float = 0.0
     subject_crop_p: float = 0.0
     dice_weight: float = 0.0
@@ -139,6 +140,7 @@ HELP: dict[str, str] = {
     "that cut people at the edge, JPEG, blur and noise",
     "composite_p": "chance of pasting the person onto another training photo",
     "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
+    "paste_min_height": "smallest height of a pasted person, as a share of the frame's height (uniform up to 1)",
     "crop_negative_p": "chance that a sample is a person-free close-up cropped from its photo's background",
     "subject_crop_p": "chance that a frame without people (Negatives) becomes a close-up of its middle (its subject)",
     "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
@@ -293,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--size {cfg.size}: pix2pix_unet needs a power of two >= 32")
     if cfg.arch == "effnet_unet" and (cfg.size < 32 or cfg.size % 32):
         parser.error(f"--size {cfg.size}: effnet_unet needs a multiple of 32")
+    if not 0 < cfg.paste_min_height <= 1:
+        parser.error(f"--paste-min-height {cfg.paste_min_height}: a share of the frame's height, in (0, 1]")
     if cfg.scene_prior and not (cfg.arch == "effnet_unet" and cfg.presence_weight > 0):
         parser.error("--scene-prior vetoes the presence head: it needs --arch effnet_unet and --presence-weight > 0")
     try:
@@ -649,6 +653,7 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
         aug=cfg.aug,
         composite_p=cfg.composite_p,
         paste_p=cfg.paste_p,
+        paste_min_height=cfg.paste_min_height,
         crop_negative_p=cfg.crop_negative_p,
         subject_crop_p=cfg.subject_crop_p,
     )

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmenter.config import ModelConfig
 from segmenter.inference import Segmenter
+from segmenter.pipeline import Options
 
 GRADIO = Path(gradio.__file__).resolve().parent
 
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             r = seg.segment(photo)
             presence = "n/a" if r.presence is None else f"{r.presence:.2f}"
             row.append(f"{presence} / {r.share:.1%} / {'no person' if r.no_person else 'person'}")
-        missed.append(sum(r.no_person for r in seg.segment_many(pasted)))
-        missed_test.append(sum(r.no_person for r in seg.segment_many(pasted_test)))
+        missed.append(missed_people(seg, pasted))
+        missed_test.append(missed_people(seg, pasted_test))
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
@@ -104,10 +105,29 @@ def main(argv: list[str] | None = None) -> None:
     for col, name in enumerate(names, start=2):
         right = sum(row[col].endswith("/ person") == (row[1] == "yes") for row in rows)
         print(f"{name}: {right} of {len(rows)} photos answered right (person / no person)")
-    for name, n in zip(names, missed, strict=True) if pasted else ():
-        print(f"{name}: {n} of {len(pasted)} val people pasted onto val frames without people reported no person")
-    for name, n in zip(names, missed_test, strict=True) if pasted_test else ():
-        print(f"{name}: {n} of {len(pasted_test)} test people pasted onto val frames without people reported no person")
+    for name, (n, size) in zip(names, missed, strict=True) if pasted else ():
+        print(f"{name}: {n} of {len(pasted)} val people pasted onto val frames without people reported no person{size}")
+    for name, (n, size) in zip(names, missed_test, strict=True) if pasted_test else ():
+        print(
+            f"{name}: {n} of {len(pasted_test)} test people pasted onto val frames without people reported no person"
+            + size
+        )
+
+
+def missed_people(seg: Segmenter, composites: list[Image.Image]) -> tuple[int, str]:
+    """How many composites ``seg`` reports as "no person", and how large the people it missed are: the share of the
+    frame its own mask gives them with the presence gate off (median of the missed against the median of all)."""
+    if not composites:
+        return 0, ""
+    missed = [r.no_person for r in seg.segment_many(composites)]
+    shares = [r.share for r in seg.segment_many(composites, Options(presence_gate=False))]
+    if not any(missed):
+        return 0, ""
+    of_missed = float(np.median([s for s, m in zip(shares, missed, strict=True) if m]))
+    return sum(missed), (
+        f" (its mask without the gate gives them a median {of_missed:.1%} of the frame; all {len(shares)}: "
+        f"{float(np.median(shares)):.1%})"
+    )
 
 
 def pasted_photos(test: bool = False) -> list[Image.Image]:

@@ -228,7 +228,7 @@ class SegmentationDataset(Dataset):
     Returns (image (3,S,S) float in [-1,1], mask (1,S,S) float in {-1,1}).
     ``composite_p``: chance of pasting the sample's person onto another training image's background (whole frame).
     ``paste_p``: chance of copy-paste compositing: one or two people, cut out by their ground-truth masks from other
-    training photos, pasted at a random scale and position (partly out of the frame too) onto this sample, whatever it
+    training photos, pasted at a random scale (``paste_min_height``-100% of the frame's height) and position (partly out of the frame too) onto this sample, whatever it
     shows (a portrait, a street, a frame without people); the masks are merged.
     ``crop_negative_p``: chance that the sample becomes a close-up of its own photo's background instead (a crop that
     holds no person pixel, see :func:`background_crop`): walls, cars, furniture and street at object scale, so that
@@ -249,6 +249,7 @@ class SegmentationDataset(Dataset):
         paste_p: float = 0.0,
         crop_negative_p: float = 0.0,
         subject_crop_p: float = 0.0,
+        paste_min_height: float = 0.25,
     ) -> None:
         self.pairs = pairs
         self.subject_crop_p = subject_crop_p if train else 0.0
@@ -256,6 +257,7 @@ class SegmentationDataset(Dataset):
         self.train = train
         self.composite_p = composite_p if train else 0.0
         self.paste_p = paste_p if train else 0.0
+        self.paste_min_height = paste_min_height
         self.transform = build_transform(train, size, aug)
         self.images: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
@@ -285,7 +287,9 @@ class SegmentationDataset(Dataset):
             image, mask = self._composite(image, mask, random.randrange(len(self)))
         if self.paste_p and self.donors and random.random() < self.paste_p:
             for j in random.sample(self.donors, min(len(self.donors), 1 if random.random() < 0.7 else 2)):
-                image, mask = paste_person(image, mask, self.images[j], self.masks[j], random.random)
+                image, mask = paste_person(
+                    image, mask, self.images[j], self.masks[j], random.random, self.paste_min_height
+                )
         img_t, mask_t = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         mask_t = (mask_t.float() > 127).float() * 2 - 1
         return img_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor)
@@ -338,12 +342,18 @@ def subject_crop(size: tuple[int, int], rand: Callable[[], float]) -> tuple[int,
 
 
 def paste_person(
-    image: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor, rand: Callable[[], float]
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    donor: torch.Tensor,
+    donor_mask: torch.Tensor,
+    rand: Callable[[], float],
+    min_height: float = 0.25,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Copy-paste: the person of ``donor`` (cut out by ``donor_mask``) onto ``image`` -> (image, merged mask).
 
-    Images are (3,H,W) uint8, masks (1,H,W) uint8 0/255. The person is scaled to 25-100% of the frame's height and
-    placed anywhere, up to a third of it outside the frame (people cut at the edge); ``rand()`` draws in [0, 1).
+    Images are (3,H,W) uint8, masks (1,H,W) uint8 0/255. The person is scaled to ``min_height``-100% of the frame's
+    height (uniformly) and placed anywhere, up to a third of it outside the frame (people cut at the edge); ``rand()``
+    draws in [0, 1).
     """
     ys, xs = torch.nonzero(donor_mask[0] > 127, as_tuple=True)
     if len(ys) == 0:
@@ -351,7 +361,7 @@ def paste_person(
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     person, alpha = donor[:, y0:y1, x0:x1], donor_mask[:, y0:y1, x0:x1]
     H, W = image.shape[-2:]
-    scale = (0.25 + 0.75 * rand()) * H / person.shape[1]
+    scale = (min_height + (1 - min_height) * rand()) * H / person.shape[1]
     scale = min(scale, 1.2 * W / person.shape[2])
     h, w = max(1, round(person.shape[1] * scale)), max(1, round(person.shape[2] * scale))
     person = v2.functional.resize(person, [h, w], antialias=True)

@@ -132,6 +132,17 @@ def test_copy_paste_puts_the_donor_person_in_and_merges_masks() -> None:
     assert set(merged.unique().tolist()) <= {0, 255}
 
 
+@pytest.mark.parametrize("min_height", [0.1, 0.25])
+def test_copy_paste_scales_people_down_to_min_height(min_height: float) -> None:
+    donor = torch.full((3, 50, 20), 255, dtype=torch.uint8)
+    donor_mask = torch.full((1, 50, 20), 255, dtype=torch.uint8)  # the person fills the donor: 50 px tall
+    frame, empty = torch.zeros(3, 200, 300, dtype=torch.uint8), torch.zeros(1, 200, 300, dtype=torch.uint8)
+    draws = iter([0.0, 0.5, 0.5])  # the smallest scale, placed in the middle
+    _, merged = paste_person(frame, empty, donor, donor_mask, lambda: next(draws), min_height)
+    rows = (merged[0] > 127).any(1).nonzero()
+    assert len(rows) == round(200 * min_height)  # the pasted person is min_height of the frame's height
+
+
 def test_background_crops_hold_no_person_and_keep_their_distance() -> None:
     mask = torch.zeros(1, 200, 300, dtype=torch.uint8)
     mask[0, 40:200, 100:180] = 255  # a person in the middle, cut by the bottom edge

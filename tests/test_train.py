@@ -184,6 +184,8 @@ def test_presets_match_the_runs_they_reproduce(preset: str) -> None:
         ["--preset", "gpu"],
         ["--size", "100"],
         ["--arch", "effnet_unet", "--size", "80"],
+        ["--paste-min-height", "0"],
+        ["--paste-min-height", "1.5"],
     ],
 )
 def test_bad_options_are_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
