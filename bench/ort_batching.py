@@ -6,6 +6,7 @@ The shipped model segments a photo and its mirror (batch 2 at 384 px). This time
 
     .venv/bin/python bench/ort_batching.py              # weights/, torch's thread count (~1 minute)
     .venv/bin/python bench/ort_batching.py --threads 1 --rounds 20
+    .venv/bin/python bench/ort_batching.py --quick      # 3 rounds (a smoke run)
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--quick", action="store_true", help="3 rounds")
     args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 3
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig.load(f"{args.weights}/config.json")

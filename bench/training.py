@@ -8,8 +8,7 @@ For each preset (its TrainConfig from train.py's own parser, its datasets from t
   (= the DataLoader's number of batches), so an "epoch" here is an epoch-equivalent, not a measured epoch;
 * validation: train.py's ``validate`` over the val split, once (train.py runs it after every epoch).
 
-The step itself mirrors train.py's inner loop (CPU, fp32: train.py autocasts only on CUDA); factoring that loop
-into a ``train_step`` function in train.py would let this benchmark call it instead.
+The step is train.py's own ``train_step`` (CPU, fp32: train.py autocasts only on CUDA).
 
     .venv/bin/python bench/training.py                # seed and cpu presets, 2 steps each (~2-3 min on a shared 2-core CPU)
     .venv/bin/python bench/training.py --quick        # cpu preset, 2 steps, first 48 photos
@@ -104,7 +103,8 @@ def measure(preset: str, steps: int, workers: int | None, limit: int) -> PresetR
     if workers is not None:
         cfg.workers = workers
     torch.manual_seed(cfg.seed)
-    train_ds, val_ds = trainpy.load_data(cfg)
+    train_ds, _, val_sets = trainpy.load_data(cfg)  # (the presets timed here have one val set)
+    val_ds = val_sets[0][1]
     loader = train_loader(cfg, train_ds)
     t0 = time.perf_counter()
     for _ in loader:

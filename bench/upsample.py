@@ -7,6 +7,7 @@ setting, so it never reads test rows.
 
     .venv/bin/python bench/upsample.py                 # weights/ (~2 minutes on 2 cores)
     .venv/bin/python bench/upsample.py --weights runs/RUN/export
+    .venv/bin/python bench/upsample.py --quick         # the first 8 val photos of each set (a smoke run)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     p.add_argument("--data-root", default=str(DATA_ROOT))
+    p.add_argument("--quick", action="store_true", help="only the first 8 val photos of each set")
     args = p.parse_args(argv)
     print_machine("bench/upsample.py: upsampling variants on val")
     seg = Segmenter.from_pretrained(args.weights, device="cpu")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[str, list[tuple[str, float, float]]] = {name: [] for name in ups}
     seconds = dict.fromkeys(ups, 0.0)
     for name in SETS:
-        for pair in load_pairs(f"{args.data_root}/{name}", "val"):
+        for pair in load_pairs(f"{args.data_root}/{name}", "val")[: 8 if args.quick else None]:
             photo, truth_img = load_pair(pair)
             truth = np.asarray(truth_img) > 127
             low, presence = seg.predict_low_res([photo])
