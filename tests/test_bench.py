@@ -1,4 +1,4 @@
-"""The model-floor benchmark runs on the shipped weights and measures the forward the Space serves.
+"""The benchmarks run on the shipped weights; the model-floor one measures the forward the Space serves.
 
 Only that it runs and what it measures is asserted here; its timings are figures for the benchmark's own table.
 """
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, requires_shared_data
 from torch.utils.flop_counter import FlopCounterMode
 
 from segmenter.inference import Segmenter
@@ -41,3 +41,26 @@ def test_model_floor_measures_the_served_forward_at_the_served_size() -> None:
         assert float(flops[1]) == pytest.approx(mask_only, abs=0.005)
     assert re.search(r"\| ONNX Runtime fp32 \| [\d.]+ \|", run.stdout), "the engine the Space uses on a CPU is measured"
     assert f"effnet_unet ({cfg.input_size} px)" in run.stdout
+
+
+def _run_quick(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, f"bench/{script}.py", "--quick"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+@requires_shared_data
+@pytest.mark.parametrize("script", ["training", "upsample", "end_to_end"])
+def test_benchmarks_on_the_shared_data_run_and_print_their_table(script: str) -> None:
+    """Two of these stopped working unnoticed when train.py and the generator changed under them."""
+    run = _run_quick(script)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"^\|[-| ]+\|$", run.stdout, re.M), run.stdout[-2000:]  # a markdown table's rule line
+
+
+@pytest.mark.slow
+def test_ort_batching_times_the_shipped_graph() -> None:
+    run = _run_quick("ort_batching")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"^\| 2 \| \d+ px \| [\d.]+ \| [\d.]+ \| [\d.]+x \|$", run.stdout, re.M), run.stdout[-2000:]
