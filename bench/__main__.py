@@ -47,7 +47,7 @@ import serving  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segmenter.export import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
+from segmenter.export import CONFIG_NAME, WEIGHTS_NAME, Served  # noqa: E402
 from segmenter.images import load_image  # noqa: E402
 from segmenter.inference import Segmenter  # noqa: E402
 from segmenter.server import Limits  # noqa: E402
@@ -89,8 +89,7 @@ def pick_weights(override: str | None) -> Path:
 def floor_figures(seg: Segmenter, eager: Segmenter, photo: Image.Image, args: argparse.Namespace) -> dict:
     """Model step at the shipped setting (engine picked + eager torch) interleaved with the fp32 rate probes."""
     x = model_batch(seg, photo)
-    with_presence = getattr(eager.model, "presence", None) is not None  # what the engines run: the scene prior too
-    flops_one, _ = model_floor.count_flops(eager.model, seg.cfg.input_size, with_presence)
+    flops_one, _ = model_floor.count_flops(Served(eager.model), seg.cfg.input_size)  # what the engines run
     flops = flops_one * len(x)
     probes = {k: v for k, v in model_floor.rate_probes(torch.device("cpu")).items() if k in FP32_PROBES}
     calls: dict[str, Callable[[], object]] = {"model": lambda: seg.forward(x)}

@@ -9,7 +9,7 @@ floor = FLOPs / the faster of the two. "convs alone" sums each of the model's co
 real input shape: the floor for this op mix with these kernels (narrow and depthwise convs run far below peak).
 
     .venv/bin/python bench/model_floor.py                 # both generators, 1 and 2 threads (~2 min)
-    .venv/bin/python bench/model_floor.py --quick         # effnet_unet, 1 thread, few rounds (~20 s)
+    .venv/bin/python bench/model_floor.py --quick         # effnet_unet, 1 thread, few rounds (~30 s)
     .venv/bin/python bench/model_floor.py --compile       # + torch.compile variants (about a minute each to compile)
 """
 
@@ -43,13 +43,12 @@ from segmenter.inference import Segmenter
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def count_flops(model: nn.Module, size: int, with_presence: bool = False) -> tuple[float, list[str]]:
-    """FLOPs of one forward pass on a (1,3,size,size) input, and the op kinds counted; ``with_presence``: the forward
-    the Segmenter runs on a generator with a presence head (mask, presence head and any scene prior)."""
+def count_flops(model: nn.Module, size: int) -> tuple[float, list[str]]:
+    """FLOPs of one forward pass of ``model`` (the served forward: ``Served(generator)``) on a (1,3,size,size) input,
+    and the op kinds counted."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        x = torch.zeros(1, 3, size, size)
-        model(x, with_presence=True) if with_presence else model(x)
+        model(torch.zeros(1, 3, size, size))
     return float(counter.get_total_flops()), sorted(str(k) for k in counter.get_flop_counts()["Global"])
 
 

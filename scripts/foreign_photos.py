@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmenter.config import ModelConfig
 from segmenter.inference import Segmenter
-from segmenter.pipeline import Options
+from segmenter.pipeline import MIN_SHARE, Options
 
 GRADIO = Path(gradio.__file__).resolve().parent
 
@@ -114,27 +114,33 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def missed_people(seg: Segmenter, composites: list[Image.Image]) -> tuple[int, str]:
-    """How many composites ``seg`` reports as "no person", and how large the people it missed are: the share of the
-    frame its own mask gives them with the presence gate off (median of the missed against the median of all)."""
+def missed_people(seg: Segmenter, composites: list[tuple[Image.Image, float]]) -> tuple[int, str]:
+    """How many (photo, share of the frame its pasted people cover) composites ``seg`` reports as "no person", for
+    which reason (a presence score under the threshold, or a mask under ``MIN_SHARE`` of the frame), and how large
+    the people it missed are against those it found (median share of the frame, from the pasted masks)."""
     if not composites:
         return 0, ""
-    missed = [r.no_person for r in seg.segment_many(composites)]
-    shares = [r.share for r in seg.segment_many(composites, Options(presence_gate=False))]
+    photos, truth = [photo for photo, _ in composites], [share for _, share in composites]
+    results = list(seg.segment_many(photos, Options(presence_gate=False)))  # the gate's verdict, from the score
+    by_score = [r.presence is not None and r.presence < r.presence_threshold for r in results]
+    tiny = [not s and r.share < MIN_SHARE for s, r in zip(by_score, results, strict=True)]
+    missed = [s or t for s, t in zip(by_score, tiny, strict=True)]
     if not any(missed):
         return 0, ""
-    of_missed = float(np.median([s for s, m in zip(shares, missed, strict=True) if m]))
+    size = {m: [share for share, miss in zip(truth, missed, strict=True) if miss == m] for m in (True, False)}
+    found = f", those found {float(np.median(size[False])):.1%}" if size[False] else ""
     return sum(missed), (
-        f" (its mask without the gate gives them a median {of_missed:.1%} of the frame; all {len(shares)}: "
-        f"{float(np.median(shares)):.1%})"
+        f" ({sum(by_score)} by the presence score, {sum(tiny)} with a mask under {MIN_SHARE:.1%} of the frame; the "
+        f"people missed cover a median {float(np.median(size[True])):.1%} of the frame{found})"
     )
 
 
-def pasted_photos(test: bool = False) -> list[Image.Image]:
+def pasted_photos(test: bool = False) -> list[tuple[Image.Image, float]]:
     """Each val person of the shared datasets pasted onto a val frame without people (segmenter.scene.pasted_val):
     people beside a dog or a car, which no val photo shows. Val rows only: it chose the presence head's loss weight
     (README, Ablations), and nothing is fitted on it. ``test``: the Human Segmentation Dataset's test people instead,
-    onto the same frames: held out, the figure to quote (nothing is chosen on it)."""
+    onto the same frames: held out, the figure to quote (nothing is chosen on it). -> [(photo, share of the frame its
+    pasted people cover)]."""
     from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, load_pairs, parse_sources
     from segmenter.scene import pasted_val, split_pairs
 
@@ -142,7 +148,10 @@ def pasted_photos(test: bool = False) -> list[Image.Image]:
     person, empty = split_pairs(parse_sources(spec, DATA_ROOT, "val"))
     if test:
         person = load_pairs(DEFAULT_DATA_DIR, "test")
-    return [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in pasted_val(person, empty)]
+    return [
+        (Image.fromarray(photo.permute(1, 2, 0).numpy()), float((mask > 127).float().mean()))
+        for photo, mask in pasted_val(person, empty)
+    ]
 
 
 if __name__ == "__main__":

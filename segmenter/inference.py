@@ -297,6 +297,7 @@ class Segmenter:
         recorded in config.json's ``meta.scene_prior``), sha256, metrics recorded at export."""
         meta = dict(self.cfg.meta)
         fit = meta.pop("scene_prior", None)
+        prior = getattr(self.model, "scene", None) is not None
         return json.loads(
             json.dumps(
                 {
@@ -307,8 +308,8 @@ class Segmenter:
                     "device": str(self.device),
                     "engine": self.engine,
                     **meta,
-                    "scene_prior": getattr(self.model, "scene", None) is not None,
-                    **({"scene_prior_fit": fit} if fit else {}),
+                    "scene_prior": prior,
+                    **({"scene_prior_fit": fit} if fit and prior else {}),
                 }
             )
         )

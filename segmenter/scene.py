@@ -150,7 +150,7 @@ def attach(
     model.scene = prior.to(next(model.parameters()).device)
     cfg.scene_prior = True
     train_scores = torch.sigmoid((X[: len(pos)] @ w.T)[:, 0] + b)
-    pasted = features(prior, cfg, pasted_val(val_person, val_empty))  # val people in val scenes (a dog, a street)
+    pasted = features(prior, cfg, [photo for photo, _ in pasted_val(val_person, val_empty)])  # beside a dog, a car
     pasted_scores = torch.sigmoid((pasted @ w.T)[:, 0] + b)
     record = {
         "weight_decay": wd,
@@ -173,9 +173,10 @@ def attach(
     return record
 
 
-def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> list[torch.Tensor]:
+def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each val person pasted onto a val photo without people: people beside a dog or a car, which no val photo shows.
-    A val check (it chose the presence head's loss weight, README Ablations); nothing is fitted on it."""
+    A val check (it chose the presence head's loss weight, README Ablations); nothing is fitted on it.
+    -> [((3,H,W) uint8 photo, (1,H,W) uint8 0/255 mask of the pasted people)]."""
     rng = random.Random(seed)
     out = []
     for pair in val_person:
@@ -183,7 +184,7 @@ def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> 
         image, mask = _decoded(rng.choice(val_empty))
         pasted, pasted_mask = paste_person(image, mask, donor, donor_mask, rng.random)
         if (pasted_mask > 127).float().mean() >= MIN_PASTED_SHARE:
-            out.append(pasted)
+            out.append((pasted, pasted_mask))
     return out
 
 
