@@ -324,6 +324,8 @@ def test_no_person_over_http_and_gradio_client(tmp_path: Path, example_photo: Pa
     result = Segmenter.from_pretrained(somebody, device="cpu").segment(Image.open(example_photo))
     status = app.describe(result, 0.1)
     assert status.startswith("**Person found**") and "presence score:** 1.00" in status
+    nobody = app.describe(Segmenter.from_pretrained(weights, device="cpu").segment(Image.open(example_photo)), 0.1)
+    assert nobody.startswith("**No person found**") and "untick *Empty mask when the model finds no person*" in nobody
 
 
 @pytest.mark.filterwarnings("ignore:No person found")  # gr.Warning outside a running app

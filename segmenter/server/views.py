@@ -57,7 +57,12 @@ def describe(result: Segmentation, seconds: float) -> str:
     )
     if result.warning is None:
         return text
-    hint = " If it does, untick *Empty mask when the model finds no person*." if not result.person_present else ""
+    hint = (
+        " If it does (people small in the frame are the usual miss: README, Results), untick *Empty mask when the model"
+        " finds no person*."
+        if not result.person_present
+        else ""
+    )
     return f"{text}\n\n⚠️ {result.warning}{hint}"
 
 
