@@ -228,8 +228,9 @@ class SegmentationDataset(Dataset):
     Returns (image (3,S,S) float in [-1,1], mask (1,S,S) float in {-1,1}).
     ``composite_p``: chance of pasting the sample's person onto another training image's background (whole frame).
     ``paste_p``: chance of copy-paste compositing: one or two people, cut out by their ground-truth masks from other
-    training photos, pasted at a random scale (``paste_min_height``-100% of the frame's height) and position (partly out of the frame too) onto this sample, whatever it
-    shows (a portrait, a street, a frame without people); the masks are merged.
+    training photos, pasted at a random scale (``paste_min_height``-100% of the frame's height) and position (partly
+    out of the frame too) onto this sample, whatever it shows (a portrait, a street, a frame without people); the
+    masks are merged.
     ``crop_negative_p``: chance that the sample becomes a close-up of its own photo's background instead (a crop that
     holds no person pixel, see :func:`background_crop`): walls, cars, furniture and street at object scale, so that
     the model learns that a close-up without a person is not one.

@@ -160,7 +160,8 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def model_input(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB photos -> the (B,3,size,size) float32 batch a model step is fed: resized (bilinear), normalised per channel."""
+    """RGB photos -> the (B,3,size,size) float32 batch a model step is fed: resized (bilinear), normalised per
+    channel."""
     arrs = [np.asarray(im.resize((size, size), Image.BILINEAR, reducing_gap=3.0)) for im in images]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,S,S) in [0,1]
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
