@@ -150,7 +150,7 @@ HELP: dict[str, str] = {
     "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
     "seed": "random seed (rank r of a DDP run uses seed + r)",
     "device": "auto: cuda when available",
-    "amp": "bf16/fp16 autocast on CUDA; always fp32 on CPU",
+    "amp": "autocast: bf16 on CPUs with native bf16 (AVX-512 bf16/AMX) and CUDA (fp16 on older cards); fp32 elsewhere",
     "workers": "DataLoader worker processes",
     "threads": "torch CPU threads; 0: torch's default",
     "samples": "val images in the per-epoch sample grid",
@@ -849,6 +849,33 @@ def setup(argv: list[str]) -> tuple[Run, dict[str, Any] | None]:
     return run, ckpt
 
 
+def cpu_has_bf16() -> bool:
+    """True where oneDNN runs bf16 natively on this CPU (AVX-512 bf16 or AMX): autocast pays off there."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype --amp uses on ``device``: bf16 (CUDA when supported, CPUs with native bf16), fp16 on
+    older CUDA cards, None (fp32) on a CPU without bf16. Weights and optimiser state stay fp32 either way."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def amp_note(device: torch.device, amp: bool, dtype: torch.dtype | None) -> str:
+    """The log line that says which precision the train steps run in."""
+    if not amp:
+        return f"precision: fp32 on {device.type} (--no-amp)"
+    if dtype is None:
+        return f"precision: fp32 on {device.type}: this CPU has no native bf16 (AVX-512 bf16 / AMX), --amp falls back"
+    return f"precision: {str(dtype).removeprefix('torch.')} autocast on {device.type} (--amp), fp32 weights and optimiser"
+
+
 def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
     """G and D with their optimisers and schedulers, fresh (ImageNet encoder or --init-from) or from the checkpoint."""
     cfg, device = run.cfg, run.device
@@ -882,9 +909,9 @@ def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     run.G_train = nn.parallel.DistributedDataParallel(G) if ddp else G
     run.D_train = nn.parallel.DistributedDataParallel(D) if ddp and cfg.gan_weight > 0 else D
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    run.autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp and device.type == "cuda")
-    run.scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda" and amp_dtype == torch.float16)
+    dtype = amp_dtype(device) if cfg.amp else None
+    run.autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    run.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     if run.master:
         n_g = sum(p.numel() for p in G.parameters())
         n_d = sum(p.numel() for p in D.parameters()) if cfg.gan_weight > 0 else 0
@@ -892,6 +919,7 @@ def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
             f"run {cfg.run_id}: {cfg.arch} G {n_g:,} params, D {n_d:,} params, {len(run.train_ds)} train / "
             f"{sum(len(ds) for _, ds in run.val_sets)} val images, {device}, {run.world} process(es) -> {run.run_dir}"
         )
+        print(amp_note(device, cfg.amp, dtype), flush=True)
 
 
 def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> dict[str, float] | None:

@@ -36,6 +36,18 @@ def threshold_level(threshold: float) -> int:
     return min(255, math.ceil(threshold * 255.0 - 1e-6))
 
 
+def check_threshold(threshold: object) -> float:
+    """The one range check of a user's threshold, that every entry point calls: a number strictly between 0 and 1
+    (0 would mark every pixel as person, 1 none) -> that float; ValueError with the one message otherwise."""
+    try:
+        value = float(threshold)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), got {threshold!r}") from None
+    if not 0.0 < value < 1.0:  # also refuses NaN
+        raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), got {threshold!r}")
+    return value
+
+
 def binarize(prob: ArrayT, threshold: float) -> ArrayT:
     """Probabilities -> boolean mask by the one threshold rule: the uint8 probability >= threshold_level(threshold).
 
@@ -71,7 +83,7 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
-            threshold_level(self.threshold)
+            check_threshold(self.threshold)
         if not 0 <= self.feather_px <= 100 or math.isnan(self.feather_px):
             raise ValueError(f"feather_px must be in [0, 100], got {self.feather_px}")
         if self.upsample not in ("guided", "bilinear"):
