@@ -7,10 +7,12 @@
 Sub-folders of an input folder are kept under OUTDIR; outputs that exist are skipped unless --overwrite. Each
 output is named after its photo with .png (a.jpg -> a.png); when two photos would share a name, the later one
 keeps its suffix too (a.tif -> a.tif.png). Files named on the command line are always tried, whatever their
-suffix; folders and globs take photos by suffix, including picture formats that are not read (PSD, SVG, EPS,
+suffix; folders and globs take photos by suffix (never files under OUTDIR, which are this tool's outputs), including picture formats that are not read (PSD, SVG, EPS,
 HEIC, ...), which are then reported as failed rather than dropped unseen (other files, such as notes, are left
 alone). The content decides how a file is read, not its suffix. Photos are decoded by worker threads while the
-model runs. Exit code 1 when any photo could not be read.
+model runs. An output never replaces an input photo, --overwrite or not: such a photo is refused by name, and an
+input folder that is OUTDIR or lies inside it refuses the run (exit 2). Exit code 1 when any photo could not be read
+or was refused.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
 from .inference import ENGINES, Segmenter
-from .pipeline import Background, Options
+from .pipeline import Background, Options, check_threshold
 
 OUTPUTS = ("mask", "cutout", "overlay", "composite")
 MAX_BYTES, MAX_PIXELS = 200 * 2**20, 100_000_000  # generous: these are the user's own files
@@ -49,16 +51,21 @@ def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
     jobs: dict[Path, Job] = {}
     taken: set[Path] = set()
     missing = []
+    out_root = out_dir.resolve()
+
+    def outside_out(p: Path) -> bool:  # a folder or glob never takes this tool's outputs as new photos
+        return not p.resolve().is_relative_to(out_root)
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_photo(p)]
+            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_photo(p) and outside_out(p)]
         elif path.is_file():
             found = [(path, Path(path.name))]
         else:
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             root = Path(os.path.commonpath([str(m.parent) for m in matches])) if matches else Path()
-            found = [(p, p.relative_to(root)) for p in matches if _is_photo(p)]
+            found = [(p, p.relative_to(root)) for p in matches if _is_photo(p) and outside_out(p)]
         if not found:
             missing.append(item)
         for source, rel in found:
@@ -67,6 +74,18 @@ def find_jobs(inputs: list[str], out_dir: Path) -> tuple[list[Job], list[str]]:
                 jobs[key] = job = Job(source, _target(out_dir / rel, taken))
                 taken.add(job.target)
     return list(jobs.values()), missing
+
+
+def overlapping_inputs(inputs: list[str], out_dir: Path) -> list[str]:
+    """Input folders that are OUTDIR or lie inside it: their outputs would land among the photos (and be taken as
+    photos by the next run, or replace one), so such a run is refused."""
+    out_root = out_dir.resolve()
+    return [item for item in inputs if Path(item).is_dir() and Path(item).resolve().is_relative_to(out_root)]
+
+
+def clobbers_input(job: Job, sources: set[Path]) -> bool:
+    """Whether writing ``job``'s output would replace one of the input photos."""
+    return job.target.resolve() in sources
 
 
 def _target(out: Path, taken: set[Path]) -> Path:
@@ -143,8 +162,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=ENGINES, default="auto", help="model arithmetic (auto: the fastest here)")
     args = parser.parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
+    if args.threshold is not None:
+        try:
+            check_threshold(args.threshold)
+        except ValueError as e:
+            parser.error(f"--threshold: {e}")
     if not 0.0 <= args.feather <= 100.0:
         parser.error(f"--feather must be in [0, 100] px, not {args.feather}")
     if args.workers < 1:
@@ -154,13 +176,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for item in overlapping_inputs(args.inputs, args.out_dir):
+        print(
+            f"error: the output folder {args.out_dir} holds the input folder {item}: the outputs would mix with the "
+            "photos (and replace or be taken as photos next time); choose another -o",
+            file=sys.stderr,
+        )
+        return 2
     jobs, missing = find_jobs(args.inputs, args.out_dir)
     for item in missing:
         print(f"no photos found: {item}", file=sys.stderr)
+    sources = {j.source.resolve() for j in jobs}
+    refused = [j for j in jobs if clobbers_input(j, sources)]  # an output never replaces a photo, --overwrite or not
+    jobs = [j for j in jobs if j not in refused]
+    for job in refused:
+        print(f"refused: {job.source}: its output {job.target} would replace an input photo", file=sys.stderr)
+    if refused and not jobs:
+        return 1
     todo = [j for j in jobs if args.overwrite or not j.target.exists()]
     if not todo:
         print(f"nothing to do: {len(jobs)} photo(s), {len(jobs) - len(todo)} already done (--overwrite to redo)")
-        return 1 if missing else 0
+        return 1 if missing or refused else 0
     try:
         seg = Segmenter.from_pretrained(args.weights, device=args.device, engine=args.engine)
         options = Options(args.threshold, args.keep_largest, not args.no_fill_holes, args.feather)
@@ -186,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    return 1 if failed or missing else 0
+    return 1 if failed or missing or refused else 0
 
 
 if __name__ == "__main__":

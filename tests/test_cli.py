@@ -92,3 +92,54 @@ def test_numeric_options_are_checked(option: list[str], tmp_path: Path, capsys: 
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path), "-o", str(tmp_path / "out"), *option])
     assert exited.value.code == 2 and option[0] in capsys.readouterr().err
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """A folder of a.jpg, b.jpg and c.png (whose cutout would be named c.png too)."""
+    root = tmp_path / "D"
+    root.mkdir()
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.png"]):
+        Image.fromarray(noise_photo(30, 40, seed=i)).save(root / name)
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_the_input_folder_as_output_folder_is_refused(
+    mixed: Path, tmp_path: Path, overwrite: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``D -o D`` once skipped c.png as "exists", took a.png as a photo the next time (a.png.png) and, with
+    --overwrite, replaced c.png by its own cutout: now the run is refused and nothing in D changes."""
+    weights, before = make_tiny_weights(tmp_path / "w"), snapshot(mixed)
+    for _ in range(2):
+        assert main([str(mixed), "-o", str(mixed), "--weights", str(weights), *overwrite]) == 2
+        assert "holds the input folder" in capsys.readouterr().err
+        assert snapshot(mixed) == before
+
+
+def test_outputs_under_the_input_folder_are_not_taken_as_photos(
+    mixed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights, out = make_tiny_weights(tmp_path / "w"), mixed / "out"
+    assert main([str(mixed), "-o", str(out), "--weights", str(weights)]) == 0
+    assert sorted(snapshot(out)) == ["a.png", "b.png", "c.png"]
+    capsys.readouterr()
+    assert main([str(mixed), "-o", str(out), "--weights", str(weights)]) == 0  # the outputs are no new photos
+    assert "3 already done" in capsys.readouterr().out and sorted(snapshot(out)) == ["a.png", "b.png", "c.png"]
+    assert main([str(mixed / "*"), "-o", str(out), "--weights", str(weights), "--overwrite"]) == 0  # a glob neither
+    assert sorted(snapshot(out)) == ["a.png", "b.png", "c.png"]
+
+
+def test_an_output_never_replaces_its_photo(mixed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """c.png named as a file with -o D: its cutout would be D/c.png, the photo itself; refused, with --overwrite too,
+    while a.jpg next to it is written."""
+    weights, photo = make_tiny_weights(tmp_path / "w"), (mixed / "c.png").read_bytes()
+    args = [str(mixed / "c.png"), str(mixed / "a.jpg"), "-o", str(mixed), "--weights", str(weights), "--overwrite"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "c.png" in err and "would replace an input photo" in err
+    assert (mixed / "c.png").read_bytes() == photo and Image.open(mixed / "a.png").mode == "RGBA"

@@ -108,8 +108,11 @@ def test_evaluate_compares_at_each_photos_own_size(tmp_path: Path) -> None:
     assert means == {"iou": 1.0, "dice": 1.0, "accuracy": 1.0, "boundary_f": 1.0}
     means, _ = evaluate(ReadsThePhoto(invert=True), pairs, progress=False)  # type: ignore[arg-type]
     assert means["iou"] == 0.0 and means["accuracy"] == 0.0
-    # threshold 0: everything is "person", so IoU is the share of the photo the person covers
-    _, rows = evaluate(seg, pairs, Options(threshold=0.0), progress=False)  # type: ignore[arg-type]
+    # threshold 0.01 (under the background's grey level 40): everything is "person", so IoU is the share of the
+    # photo the person covers; 0 itself is refused (open interval, pipeline.check_threshold)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Options(threshold=0.0)
+    _, rows = evaluate(seg, pairs, Options(threshold=0.01), progress=False)  # type: ignore[arg-type]
     for pair, row in zip(pairs, rows, strict=True):
         truth = np.asarray(Image.open(pair.mask)) > 127
         assert row["iou"] == pytest.approx(truth.mean())
