@@ -1,9 +1,10 @@
 """Train a Pix2Pix person segmenter: a U-Net generator against a 70x70 PatchGAN, GAN + L1 loss.
 
 Top to bottom: config -> data -> models -> (resume) -> epochs -> export -> Hub. The defaults are the
-original run (``--preset seed``); ``--preset cpu`` is the run that produced the shipped weights.
+original run (``--preset seed``); ``--preset cpu-robust-crops`` is the run that produced the shipped weights
+(the presets and their history: train_presets.py).
 
-    python train.py --preset cpu --export-to weights/
+    python train.py --preset cpu-robust-crops --export-to weights/
     python train.py --epochs 3 --run-id smoke
     python train.py --resume runs/<id> [--epochs 50]   # continue a run (optionally for longer)
     torchrun --nproc_per_node=2 train.py ...          # DDP (gloo on CPU, nccl on CUDA)
@@ -24,9 +25,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -37,224 +38,123 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRa
 from tqdm.auto import tqdm
 
 from segmenter.config import ModelConfig
-from segmenter.data import DATA_ROOT, DEFAULT_DATA_DIR, DataSource, Pair, SegmentationDataset, load_pairs, parse_sources
-from segmenter.export import (  # noqa: F401 (EXPORT_FILES: train.EXPORT_FILES)
-    EXPORT_FILES,
+from segmenter.data import (
+    DATA_ROOT,
+    DEFAULT_DATA_DIR,
+    DataSource,
+    Pair,
+    SegmentationDataset,
     all_empty,
-    copy_export,
-    export_run,
-    push_to_hub,
-    write_card,
+    has_split,
+    load_pairs,
+    parse_sources,
 )
+from segmenter.export import copy_export, export_run, push_to_hub, write_card
+from segmenter.hardware import cpu_has_bf16
 from segmenter.model import build_discriminator, build_generator, load_lite_imagenet
 from segmenter.pipeline import binarize
+from segmenter.weights import EXPORT_FILES  # noqa: F401 (train.EXPORT_FILES)
+from train_presets import PRESETS
+
+
+def opt(default: Any, help: str) -> Any:
+    """A TrainConfig field: its default and its --help text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    """Defaults are the original 100-epoch pix2pix run. Each field is a command-line option; see HELP."""
+    """Defaults are the original 100-epoch pix2pix run (``--preset seed``). Each field is a command-line option
+    (``--name-with-dashes``): its help is the field's metadata, its choices those of its Literal type."""
 
-    run_id: str = ""
-    out_dir: str = "runs"
-    data: str = str(DEFAULT_DATA_DIR)
-    train_split: str = "train"
-    val_split: str = "val"
-    datasets: str = ""  # training mix, NAME[:SPLIT[:WEIGHT]],... (segmenter.data.parse_sources); "" = --data
-    val_datasets: str = ""  # validation sets, NAME[:SPLIT],...; "" = --data --val-split
-    data_root: str = str(DATA_ROOT)
-    epoch_samples: int = 0  # samples drawn per epoch from the mix; 0: the number of training photos
-    arch: str = "pix2pix_unet"
-    encoder: str = "lite0"
-    ngf: int = 64
-    ndf: int = 64
-    pretrained: bool = True
-    epochs: int = 100
-    batch_size: int = 10
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    lr_decay_every: int = 2
-    lr_decay_g: float = 0.999
-    lr_decay_d: float = 0.99
-    l1_lambda: float = 100.0
-    gan_weight: float = 1.0
-    real_label: float = 1.0
-    size: int = 256
-    aug: str = "pix2pix"
-    composite_p: float = 0.0
-    paste_p: float = 0.0
-    paste_min_height: float = 0.25  # pasted people are scaled to this share of the frame's height, up to 1
-    crop_negative_p: float = 0.0
-    subject_crop_p: float = 0.0
-    dice_weight: float = 0.0
-    presence_weight: float = 0.0
-    scene_prior: bool = False  # at export, fit a frozen-ImageNet probe that can veto the presence head
-    init_from: str = ""
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 0
-    threads: int = 0
-    samples: int = 6
-    limit: int = 0
-    eval_test: bool = True
-    half: bool = False
-    tune_inference: bool = False  # at export, choose the inference size and flip TTA on val
-    tune_max_size: int = 0  # largest inference size tuning may pick; 0: twice the training size
-    export_to: str = ""
-    push_to_hub: str = ""
-    resume: str = ""
-    preset: str = "seed"
-
-
-HELP: dict[str, str] = {
-    "run_id": "run folder name under --out-dir; empty: generated from the time",
-    "out_dir": "where run folders go",
-    "data": "dataset folder (with split.csv, or Training_Images/ + Ground_Truth/) or an images,masks[,split] CSV",
-    "train_split": "split column value of the training rows",
-    "val_split": "split column value of the validation rows (choose the best epoch)",
-    "datasets": "train on a mix instead of --data: NAME[:SPLIT[:WEIGHT]],... (NAME under --data-root or a path; "
-    "WEIGHT: the source's share of each epoch's samples)",
-    "val_datasets": "validation sets NAME[:SPLIT],... (default split val); the best epoch has the highest mean of "
-    "their IoUs",
-    "data_root": "folder that --datasets and --val-datasets names are relative to",
-    "epoch_samples": "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos",
-    "arch": "generator",
-    "encoder": "effnet_unet: the ImageNet-pretrained encoder, EfficientNet-Lite0 or the wider Lite2",
-    "ngf": "pix2pix_unet: width of the first generator layer",
-    "ndf": "PatchGAN discriminator: width of the first layer",
-    "pretrained": "effnet_unet: start the encoder from ImageNet weights",
-    "epochs": "total epochs (on --resume: may be raised to train longer)",
-    "batch_size": "images per step (per process under DDP)",
-    "lr": "Adam learning rate of G and D",
-    "beta1": "Adam beta1",
-    "beta2": "Adam beta2",
-    "lr_decay_every": "epochs between learning-rate decays",
-    "lr_decay_g": "G's learning-rate factor at each decay",
-    "lr_decay_d": "D's learning-rate factor at each decay",
-    "l1_lambda": "weight of G's L1 loss",
-    "gan_weight": "weight of G's adversarial loss; 0: L1 only (no discriminator)",
-    "real_label": "D's target for real pairs; <1: one-sided label smoothing",
-    "size": "training resolution (pix2pix_unet: a power of two >= 32; effnet_unet: a multiple of 32)",
-    "aug": "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour; robust: strong with crops "
-    "that cut people at the edge, JPEG, blur and noise",
-    "composite_p": "chance of pasting the person onto another training photo",
-    "paste_p": "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place",
-    "paste_min_height": "smallest height of a pasted person, as a share of the frame's height (uniform up to 1)",
-    "crop_negative_p": "chance that a sample is a person-free close-up cropped from its photo's background",
-    "subject_crop_p": "chance that a frame without people (Negatives) becomes a close-up of its middle (its subject)",
-    "dice_weight": "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none",
-    "presence_weight": "effnet_unet: > 0 adds a person-presence head trained with this BCE weight",
-    "scene_prior": "at export, fit a linear probe on frozen ImageNet Lite0 features (segmenter.scene) that can "
-    "veto the presence head: close-ups of animals and objects the training data lacks",
-    "init_from": "start G from these exported weights (folder or .safetensors); a missing presence head is new",
-    "seed": "random seed (rank r of a DDP run uses seed + r)",
-    "device": "auto: cuda when available",
-    "amp": "autocast: bf16 on CPUs with native bf16 (AVX-512 bf16/AMX) and CUDA (fp16 on older cards); fp32 elsewhere",
-    "workers": "DataLoader worker processes",
-    "threads": "torch CPU threads; 0: torch's default",
-    "samples": "val images in the per-epoch sample grid",
-    "limit": "use only the first N train/val pairs (smoke tests); 0: all",
-    "eval_test": "record test metrics of the best-by-val model in the export (never used to choose)",
-    "half": "export fp16 weights",
-    "tune_inference": "at export, pick the inference size (1x-2x the training size) and flip averaging by val mIoU",
-    "tune_max_size": "cap on the inference size --tune-inference may pick (a latency budget); 0: 2x the training size",
-    "export_to": "also copy the exported model here (e.g. weights/)",
-    "push_to_hub": "Hub repo id (user/name) to upload the export to; token from HF_TOKEN or the cached login",
-    "resume": "a run folder (or its last.pt) to continue in place",
-    "preset": "starting defaults, which other options override",
-}
-CHOICES: dict[str, list[str]] = {
-    "arch": ["pix2pix_unet", "effnet_unet"],
-    "encoder": ["lite0", "lite2"],
-    "aug": ["pix2pix", "strong", "robust"],
-    "device": ["auto", "cpu", "cuda"],
-}
-
-# The robust recipe (all three datasets); cpu-robust runs it from the HSD-only model, cpu-robust-384 refines it.
-ROBUST: dict[str, Any] = {
-    "arch": "effnet_unet",
-    "epochs": 16,
-    "ndf": 32,
-    "aug": "robust",
-    "paste_p": 0.5,
-    "composite_p": 0.0,
-    "datasets": "Human-Segmentation-Dataset:train:0.5,PennFudanPed:train:0.3,Negatives:train:0.2",
-    "val_datasets": "Human-Segmentation-Dataset,PennFudanPed,Negatives",
-    "epoch_samples": 480,
-    "presence_weight": 1.0,
-    "gan_weight": 0.0,  # L1 + Dice: matched the GAN + L1 run epoch for epoch at 2/3 of its cost (README, Ablations)
-    "dice_weight": 50.0,
-    "real_label": 0.9,
-    "lr": 1e-4,
-    "lr_decay_every": 1,
-    "lr_decay_g": 0.88,
-    "lr_decay_d": 0.88,
-    "batch_size": 8,
-    "tune_inference": True,
-    "tune_max_size": 384,  # no slower per photo than the previous shipped setting (384 + flip)
-    "init_from": "weights/hsd-lite0/",
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "seed": {},
-    # The previous shipped weights (weights/hsd-lite0/): transfer-learning U-Net on the Human Segmentation Dataset.
-    "cpu": {
-        "arch": "effnet_unet",
-        "epochs": 35,
-        "ndf": 32,
-        "aug": "strong",
-        "composite_p": 0.3,
-        "real_label": 0.9,
-        "lr_decay_every": 1,
-        "lr_decay_g": 0.95,
-        "lr_decay_d": 0.95,
-        "batch_size": 8,
-        "tune_inference": True,
-    },
-    # All three datasets, copy-paste, the presence head; fine-tunes the HSD-only cpu model. Made weights/robust-256/.
-    "cpu-robust": ROBUST,
-    # cpu-robust's model fine-tuned at 384 px, the size it is served at (inference at 384 beat 256 by 0.03 val mIoU).
-    "cpu-robust-384": {
-        **ROBUST,
-        "epochs": 8,
-        "size": 384,
-        "lr": 5e-5,
-        "lr_decay_g": 0.85,
-        "lr_decay_d": 0.85,
-        "init_from": "weights/robust-256/",
-    },
-    # cpu-robust's model fine-tuned with person-free close-ups cropped from the training photos' backgrounds
-    # (object-scale negatives: the DAVIS negatives are wide scenes), the presence head's BCE weighted 10 (at 1 it
-    # missed a quarter of the val people pasted into scenes without people; 30 cost val mIoU), and the scene prior.
-    "cpu-robust-crops": {
-        **ROBUST,
-        "epochs": 8,
-        "crop_negative_p": 0.25,
-        "presence_weight": 10.0,
-        "scene_prior": True,
-        "lr": 5e-5,
-        "lr_decay_g": 0.85,
-        "lr_decay_d": 0.85,
-        "init_from": "weights/robust-256/",
-    },
-    # The shipped cpu-robust-crops model fine-tuned with close-ups of the Negatives frames' subjects too (animals and
-    # cars filling the frame: photos of a pet's face came back as a person), the Negatives drawn more often. Not
-    # shipped: it cost val mIoU and changed no answer on the foreign photos (README, Ablations).
-    "cpu-robust-closeups": {
-        **ROBUST,
-        "epochs": 8,
-        "datasets": "Human-Segmentation-Dataset:train:0.45,PennFudanPed:train:0.25,Negatives:train:0.3",
-        "crop_negative_p": 0.25,
-        "subject_crop_p": 0.6,
-        "lr": 5e-5,
-        "lr_decay_g": 0.85,
-        "lr_decay_d": 0.85,
-        "init_from": "weights/",  # the shipped model (its run started from the cpu-robust-crops weights of 6b46573)
-    },
-    # The from-scratch pix2pix U-Net at a width a CPU can train.
-    "cpu-pix2pix": {"ngf": 32, "ndf": 32, "epochs": 20, "aug": "strong", "composite_p": 0.3, "real_label": 0.9},
-}
+    run_id: str = opt("", "run folder name under --out-dir; empty: generated from the time")
+    out_dir: str = opt("runs", "where run folders go")
+    data: str = opt(
+        str(DEFAULT_DATA_DIR),
+        "dataset folder (with split.csv, or Training_Images/ + Ground_Truth/) or an images,masks[,split] CSV",
+    )
+    train_split: str = opt("train", "split column value of the training rows")
+    val_split: str = opt("val", "split column value of the validation rows (choose the best epoch)")
+    datasets: str = opt(
+        "",
+        "train on a mix instead of --data: NAME[:SPLIT[:WEIGHT]],... (NAME under --data-root or a path; WEIGHT: the source's share of each epoch's samples)",
+    )
+    val_datasets: str = opt(
+        "", "validation sets NAME[:SPLIT],... (default split val); the best epoch has the highest mean of their IoUs"
+    )
+    data_root: str = opt(str(DATA_ROOT), "folder that --datasets and --val-datasets names are relative to")
+    epoch_samples: int = opt(
+        0, "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos"
+    )
+    arch: Literal["pix2pix_unet", "effnet_unet"] = opt("pix2pix_unet", "generator")
+    encoder: Literal["lite0", "lite2"] = opt(
+        "lite0", "effnet_unet: the ImageNet-pretrained encoder, EfficientNet-Lite0 or the wider Lite2"
+    )
+    ngf: int = opt(64, "pix2pix_unet: width of the first generator layer")
+    ndf: int = opt(64, "PatchGAN discriminator: width of the first layer")
+    pretrained: bool = opt(True, "effnet_unet: start the encoder from ImageNet weights")
+    epochs: int = opt(100, "total epochs (on --resume: may be raised to train longer)")
+    batch_size: int = opt(10, "images per step (per process under DDP)")
+    lr: float = opt(2e-4, "Adam learning rate of G and D")
+    beta1: float = opt(0.5, "Adam beta1")
+    beta2: float = opt(0.999, "Adam beta2")
+    lr_decay_every: int = opt(2, "epochs between learning-rate decays")
+    lr_decay_g: float = opt(0.999, "G's learning-rate factor at each decay")
+    lr_decay_d: float = opt(0.99, "D's learning-rate factor at each decay")
+    l1_lambda: float = opt(100.0, "weight of G's L1 loss")
+    gan_weight: float = opt(1.0, "weight of G's adversarial loss; 0: L1 only (no discriminator)")
+    real_label: float = opt(1.0, "D's target for real pairs; <1: one-sided label smoothing")
+    size: int = opt(256, "training resolution (pix2pix_unet: a power of two >= 32; effnet_unet: a multiple of 32)")
+    aug: Literal["pix2pix", "strong", "robust"] = opt(
+        "pix2pix",
+        "pix2pix: resize 286, crop, flip; strong: + scale, aspect, rotation, colour; robust: strong with crops that cut people at the edge, JPEG, blur and noise",
+    )
+    composite_p: float = opt(0.0, "chance of pasting the person onto another training photo")
+    paste_p: float = opt(
+        0.0, "chance of copy-paste: 1-2 people cut out by their masks pasted at random scale and place"
+    )
+    paste_min_height: float = opt(
+        0.25, "smallest height of a pasted person, as a share of the frame's height (uniform up to 1)"
+    )
+    crop_negative_p: float = opt(
+        0.0, "chance that a sample is a person-free close-up cropped from its photo's background"
+    )
+    subject_crop_p: float = opt(
+        0.0, "chance that a frame without people (Negatives) becomes a close-up of its middle (its subject)"
+    )
+    dice_weight: float = opt(0.0, "weight of G's soft Dice loss (on the probability (y + 1) / 2); 0: none")
+    presence_weight: float = opt(0.0, "effnet_unet: > 0 adds a person-presence head trained with this BCE weight")
+    scene_prior: bool = opt(
+        False,
+        "at export, fit a linear probe on frozen ImageNet Lite0 features (segmenter.scene) that can veto the presence head: close-ups of animals and objects the training data lacks",
+    )
+    init_from: str = opt(
+        "", "start G from these exported weights (folder or .safetensors); a missing presence head is new"
+    )
+    seed: int = opt(0, "random seed (rank r of a DDP run uses seed + r)")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when available")
+    amp: bool = opt(
+        True,
+        "autocast: bf16 on CPUs with native bf16 (AVX-512 bf16/AMX) and CUDA (fp16 on older cards); fp32 elsewhere",
+    )
+    workers: int = opt(0, "DataLoader worker processes")
+    threads: int = opt(0, "torch CPU threads; 0: torch's default")
+    samples: int = opt(6, "val images in the per-epoch sample grid")
+    limit: int = opt(0, "use only the first N train/val pairs (smoke tests); 0: all")
+    eval_test: bool = opt(True, "record test metrics of the best-by-val model in the export (never used to choose)")
+    half: bool = opt(False, "export fp16 weights")
+    tune_inference: bool = opt(
+        False, "at export, pick the inference size (1x-2x the training size) and flip averaging by val mIoU"
+    )
+    tune_max_size: int = opt(
+        0, "cap on the inference size --tune-inference may pick (a latency budget); 0: 2x the training size"
+    )
+    export_to: str = opt("", "also copy the exported model here (e.g. weights/)")
+    push_to_hub: str = opt(
+        "", "Hub repo id (user/name) to upload the export to; token from HF_TOKEN or the cached login"
+    )
+    resume: str = opt("", "a run folder (or its last.pt) to continue in place")
+    preset: str = opt("seed", "starting defaults, which other options override")
 
 
 # On --resume the saved run's config wins, except for these, which always come from this command line
@@ -271,16 +171,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 def _parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     """An option per TrainConfig field, with ``defaults``."""
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=_HelpFormatter)
+    types = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": defaults[f.name], "help": HELP[f.name]}
+        kw: dict[str, Any] = {"default": defaults[f.name], "help": f.metadata["help"]}
         if f.name == "preset":
             parser.add_argument(flag, choices=sorted(PRESETS), **kw)
-        elif f.type == "bool":
+        elif types[f.name] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif get_args(types[f.name]):  # a Literal: its values are the choices
+            parser.add_argument(flag, type=str, choices=list(get_args(types[f.name])), **kw)
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), **kw)
+            parser.add_argument(flag, type=types[f.name], **kw)
     return parser
 
 
@@ -533,7 +435,7 @@ def export(
 
 
 def _has_split_sources(cfg: TrainConfig) -> bool:
-    return bool(cfg.val_datasets) or _has_split(cfg.data)
+    return bool(cfg.val_datasets) or has_split(cfg.data)
 
 
 # ------------------------------------------------------------------ main
@@ -633,7 +535,7 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
     held out for validation. A photo's sampling weight is its source's weight over the source's size.
     """
     train_sources, val_sources = sources(cfg)
-    if not cfg.datasets and not _has_split(cfg.data):
+    if not cfg.datasets and not has_split(cfg.data):
         pairs = load_pairs(cfg.data)
         if len(pairs) < 2:
             raise ValueError(f"{cfg.data}: need at least 2 image pairs to hold one out for validation")
@@ -849,14 +751,6 @@ def setup(argv: list[str]) -> tuple[Run, dict[str, Any] | None]:
     return run, ckpt
 
 
-def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX-512 bf16 or AMX): autocast pays off there."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype --amp uses on ``device``: bf16 (CUDA when supported, CPUs with native bf16), fp16 on
     older CUDA cards, None (fp32) on a CPU without bf16. Weights and optimiser state stay fp32 either way."""
@@ -873,7 +767,9 @@ def amp_note(device: torch.device, amp: bool, dtype: torch.dtype | None) -> str:
         return f"precision: fp32 on {device.type} (--no-amp)"
     if dtype is None:
         return f"precision: fp32 on {device.type}: this CPU has no native bf16 (AVX-512 bf16 / AMX), --amp falls back"
-    return f"precision: {str(dtype).removeprefix('torch.')} autocast on {device.type} (--amp), fp32 weights and optimiser"
+    return (
+        f"precision: {str(dtype).removeprefix('torch.')} autocast on {device.type} (--amp), fp32 weights and optimiser"
+    )
 
 
 def build_models(run: Run, ckpt: dict[str, Any] | None) -> None:
@@ -1073,11 +969,6 @@ def run(argv: list[str]) -> int:
             print("interrupted in the first epoch, before any checkpoint: nothing to resume", file=sys.stderr)
         return 130
     return finish(run) if run.master else 0
-
-
-def _has_split(data: str) -> bool:
-    p = Path(data)
-    return p.suffix.lower() == ".csv" or (p / "split.csv").is_file()
 
 
 if __name__ == "__main__":

@@ -381,3 +381,15 @@ def paste_person(
     image[:, fy0:fy1, fx0:fx1] = (a * p + (1 - a) * region).round().clamp(0, 255).to(torch.uint8)
     mask[:, fy0:fy1, fx0:fx1] = torch.maximum(mask[:, fy0:fy1, fx0:fx1], ((a > 0.5) * 255).to(torch.uint8))
     return image, mask
+
+
+def has_split(data: str | Path) -> bool:
+    """Whether ``data`` (a dataset folder or CSV, as ``load_pairs`` takes it) has a split column: a .csv, or a folder
+    with split.csv. Without one, every row is a training row."""
+    p = Path(data)
+    return p.suffix.lower() == ".csv" or (p / "split.csv").is_file()
+
+
+def all_empty(pairs: list[Pair]) -> bool:
+    """Whether every mask of ``pairs`` is empty (a set of photos without people)."""
+    return all(not (np.asarray(load_pair(p, 64)[1]) > 127).any() for p in pairs)

@@ -6,104 +6,60 @@ from __future__ import annotations
 import copy
 import ctypes
 import errno
-import hashlib
 import os
 import shutil
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from .weights import (
+    CARD_NAME,
+    CONFIG_NAME,
+    EXPORT_FILES,
+    ONNX_NAME,
+    OPTIONAL_FILES,
+    WEIGHTS_NAME,
+    Served,
+    save_folder,
+    save_onnx,
+    sha256_file,
+    with_meta,
+)
+from .weights import save_pretrained as save_weights
+
+# isort: split
+# The names above first: evaluate.py and scene.py still take CONFIG_NAME (and scene.py save_pretrained and
+# all_empty) from this module, so they must be bound before those modules are imported.
+from . import evaluate as evaluation
+from . import scene
 from .config import ModelConfig
+from .data import DataSource, Pair, all_empty, load_pair
+from .inference import Segmenter
 
-if TYPE_CHECKING:
-    from .data import Pair
-    from .inference import Segmenter
-
-WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, ONNX_NAME = "model.safetensors", "config.json", "README.md", "model.onnx"
-EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-OPTIONAL_FILES = (ONNX_NAME,)  # the ONNX Runtime engine's graph; its sha256 in config.json says it is current
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_pretrained(model: nn.Module, cfg: ModelConfig, folder: str | Path, half: bool = False) -> Path:
-    """Write ``model.safetensors`` (+ ``config.json`` recording its sha256) into ``folder``; returns the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    weights = folder / WEIGHTS_NAME
-    tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(weights)
-    cfg.meta = {**cfg.meta, "sha256": sha256_file(weights), "dtype": "float16" if half else "float32"}
-    save_onnx(model, cfg, folder)
-    cfg.save(folder / CONFIG_NAME)
-    return folder
-
-
-class Served(nn.Module):
-    """The forward the Segmenter runs: the generator's mask, plus its presence logits as a second output when it has
-    a presence head. No flag to branch on, so the ONNX exporter (and torch.fx) can trace it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self.model, "presence", None) is not None:
-            return self.model(x, with_presence=True)
-        return self.model(x)
-
-
-def save_onnx(model: nn.Module, cfg: ModelConfig, folder: str | Path) -> Path | None:
-    """Write ``model.onnx`` (fp32; batch, height and width dynamic) and record its sha256 in ``cfg.meta``.
-
-    Needs the ``onnx`` package (torch's exporter uses it; a training-time dependency): without it nothing is written
-    and the ONNX Runtime engine is not offered for these weights. Returns the file, or None.
-    """
-    path = Path(folder) / ONNX_NAME
-    cfg.meta.pop("onnx_sha256", None)
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        print(f"note: the onnx package is missing, so no {ONNX_NAME} (the ONNX Runtime engine) was written")
-        path.unlink(missing_ok=True)
-        return None
-    net = Served(copy.deepcopy(model).float().cpu().eval())
-    with_presence = getattr(net.model, "presence", None) is not None
-    names = ["mask", "presence"] if with_presence else ["mask"]
-    axes = {"pixels": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 2: "height", 3: "width"}}
-    tmp = path.with_suffix(".tmp")
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        sample = torch.zeros(1, 3, cfg.input_size, cfg.input_size)
-        torch.onnx.export(
-            net,
-            (sample,),
-            str(tmp),
-            dynamo=False,
-            opset_version=17,
-            input_names=["pixels"],
-            output_names=names,
-            dynamic_axes={**axes, "presence": {0: "batch"}} if with_presence else axes,
-        )
-    tmp.replace(path)
-    cfg.meta["onnx_sha256"] = sha256_file(path)
-    return path
+# The weights format moved to segmenter.weights; these names stay importable from here for older callers.
+save_pretrained = save_folder  # writes like weights.save_pretrained, returns the folder, leaves cfg as it was
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "EXPORT_FILES",
+    "ONNX_NAME",
+    "OPTIONAL_FILES",
+    "WEIGHTS_NAME",
+    "Served",
+    "add_onnx",
+    "all_empty",
+    "copy_export",
+    "export_run",
+    "push_to_hub",
+    "save_onnx",
+    "save_pretrained",
+    "sha256_file",
+    "tune_inference",
+    "tune_presence",
+    "write_card",
+]
 
 
 def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None = None) -> dict[str, Any]:
@@ -113,8 +69,6 @@ def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None =
     the pix2pix U-Net needs multiples of 2**num_downs, so it keeps its size). Scored by the served pipeline.
     Returns the val mIoU of every candidate.
     """
-    from .evaluate import evaluate
-
     if not val_pairs:
         return {}
     base = seg.cfg.input_size
@@ -122,7 +76,7 @@ def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None =
     scores: dict[tuple[int, bool], float] = {}
     for setting in [(size, flip) for size in sizes for flip in (False, True)]:
         seg.cfg.input_size, seg.cfg.tta_flip = setting
-        scores[setting] = evaluate(seg, val_pairs, progress=False)[0]["iou"]
+        scores[setting] = evaluation.evaluate(seg, val_pairs, progress=False)[0]["iou"]
     seg.cfg.input_size, seg.cfg.tta_flip = best_setting = max(scores, key=scores.__getitem__)
     name = {setting: f"{setting[0]}{'+flip' if setting[1] else ''}" for setting in scores}
     table, best = {name[k]: v for k, v in scores.items()}, name[best_setting]
@@ -136,7 +90,6 @@ def tune_presence(seg: Segmenter, person_pairs: list[Pair], empty_pairs: list[Pa
     Rule: never call a val photo with a person "no person". When the scores separate the two groups, the threshold
     is the midpoint of the gap; otherwise 0.9 x the lowest score of a photo with a person.
     """
-    from .data import load_pair
 
     def scores(pairs: list[Pair]) -> list[float]:  # the model step alone, 8 photos at a time: no upsampling
         chunks = (pairs[i : i + 8] for i in range(0, len(pairs), 8))
@@ -234,8 +187,6 @@ def _inference_note(mcfg: ModelConfig) -> str:
 
 
 def _data_section(meta: dict[str, Any]) -> str:
-    from .data import DataSource
-
     sources = [DataSource(**s) for s in meta["data"].get("sources") or []]
     lines = [
         f"- `{s.name}` split `{s.split}`, sampling weight {s.weight:g}: "
@@ -378,48 +329,45 @@ def export_run(
 ) -> ModelConfig:
     """Write ``G`` to ``out``; with ``tune`` choose the inference size, flip and presence threshold on ``val_sets``;
     with ``scene_train`` (training pairs) fit a scene prior (``segmenter.scene``) after them; record every val and
-    test set's metrics (through the served pipeline) in config.json. Returns the saved config.
+    test set's metrics (through the served pipeline) in config.json. Returns the saved config; ``G`` and ``mcfg``
+    are left as they were.
 
     ``val_sets`` and ``test_sets`` are (name, pairs); a set whose masks are all empty counts as photos without people.
+    The work runs on a copy of ``G`` as it will be served (fp16-rounded with ``half``, on the CPU); the weights,
+    the graph and config.json are written once, at the end.
     """
-    from .evaluate import evaluate, metrics_record
-    from .inference import Segmenter
-
-    save_pretrained(G, mcfg, out, half=half)
-    seg = Segmenter.from_pretrained(out, device="cpu")
+    seg = Segmenter(served_copy(G, half), copy.deepcopy(mcfg), device="cpu", engine="torch")
     person, none = [], []  # the val photos with people and those without (a set whose masks are all empty)
     for _, pairs in val_sets:
         (none if all_empty(pairs) else person).extend(pairs)
+    meta: dict[str, Any] = {}
     if tune and person:  # size and flip first: the presence scores depend on them
-        seg.cfg.meta["inference_tuning"] = tune_inference(seg, person, max_size)
-        seg.cfg.meta["presence_tuning"] = tune_presence(seg, person, none)
+        meta["inference_tuning"] = tune_inference(seg, person, max_size)
+        meta["presence_tuning"] = tune_presence(seg, person, none)
     if scene_train is not None:  # the prior is fitted at the chosen size and flip, against the chosen threshold
-        from . import scene
-
-        seg.cfg.meta["scene_prior"] = scene.attach(seg.model, seg.cfg, scene_train, person, none)
-        save_pretrained(seg.model, seg.cfg, out, half=half)
-        seg = Segmenter.from_pretrained(out, device="cpu")
+        meta["scene_prior"] = scene.attach(seg.model, seg.cfg, scene_train, person, none)
     metrics = {}
     for name, pairs in [*val_sets, *test_sets]:
-        means, _ = evaluate(seg, pairs, progress=False)
-        metrics[name] = metrics_record(means, len(pairs))
-    seg.cfg.meta["metrics"] = metrics
-    seg.cfg.save(out / CONFIG_NAME)
-    return seg.cfg
+        means, _ = evaluation.evaluate(seg, pairs, progress=False)
+        metrics[name] = evaluation.metrics_record(means, len(pairs))
+    return save_weights(seg.model, with_meta(seg.cfg, **meta, metrics=metrics), out, half)
 
 
-def all_empty(pairs: list[Pair]) -> bool:
-    """Whether every mask of ``pairs`` is empty (a set of photos without people)."""
-    from .data import load_pair
-
-    return all(not (np.asarray(load_pair(p, 64)[1]) > 127).any() for p in pairs)
+def served_copy(G: nn.Module, half: bool) -> nn.Module:
+    """A CPU copy of ``G`` in eval mode with the weights the export will hold (fp16-rounded with ``half``)."""
+    model = copy.deepcopy(G).float().cpu().eval()
+    if half:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+    return model
 
 
 def add_onnx(folder: str | Path) -> Path | None:
     """Write ``model.onnx`` beside existing weights (checked against their sha256) and record it in config.json."""
-    from .inference import Segmenter
-
     seg = Segmenter.from_pretrained(folder, device="cpu", engine="torch")
     path = save_onnx(seg.model, seg.cfg, folder)
-    seg.cfg.save(Path(folder) / CONFIG_NAME)
+    cfg = with_meta(seg.cfg, onnx_sha256=None if path is None else sha256_file(path))
+    cfg.save(Path(folder) / CONFIG_NAME)
     return path

@@ -6,6 +6,7 @@ Every mask goes through :meth:`Segmenter.segment` (see ``segmenter.pipeline`` fo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,10 +19,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ModelConfig
-from .export import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, save_pretrained, sha256_file
+from .hardware import cpu_has_bf16
 from .images import ImageLike, as_pil, model_input
 from .model import build_generator
 from .pipeline import Options, Segmentation, finish, upsample
+from .weights import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, sha256_file
+from .weights import save_folder as save_pretrained  # the older name: writes weights + config, returns the folder
 
 __all__ = [
     "CONFIG_NAME",
@@ -30,6 +33,7 @@ __all__ = [
     "ImageLike",
     "Segmenter",
     "as_pil",
+    "cpu_has_bf16",
     "pick_engine",
     "save_pretrained",
     "sha256_file",
@@ -41,11 +45,6 @@ ENGINES: tuple[str, ...] = ("auto", "onnx", "torch", "bf16")
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so that oneDNN's bf16 kernels are fast."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def onnxruntime_installed() -> bool:
@@ -103,8 +102,29 @@ def _checked_onnx(weights: Path, cfg: ModelConfig, hub: tuple[str, str | None] |
     if not path.is_file():
         return None
     if sha256_file(path) != expected:
-        raise ValueError(f"{path}: sha256 does not match the one recorded in config.json; the file is corrupt or stale")
+        raise ValueError(
+            f"{path}: sha256 does not match the one recorded in config.json; the file is corrupt or stale, so the "
+            'ONNX engine (engine="onnx", or "auto" on a CPU) refuses it; engine="torch" does not use this file'
+        )
     return path
+
+
+HUB_PREFIX = "hf://"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # owner/name, as the Hub spells repo ids
+
+
+def hub_repo_id(path_or_repo_id: str | Path) -> str | None:
+    """The Hub repo id that ``path_or_repo_id`` names, or None when it names a local path: ``hf://owner/name``
+    always; a bare ``owner/name`` only when nothing exists at that path here."""
+    text = str(path_or_repo_id)
+    if text.startswith(HUB_PREFIX):
+        repo = text.removeprefix(HUB_PREFIX)
+        if not HUB_ID.fullmatch(repo):
+            raise ValueError(f"{text}: not a Hub repo id (hf://owner/name)")
+        return repo
+    if isinstance(path_or_repo_id, str) and HUB_ID.fullmatch(text) and not Path(text).exists():
+        return text
+    return None
 
 
 def _resolve(path_or_repo_id: str | Path, revision: str | None) -> tuple[Path, Path | None]:
@@ -119,11 +139,13 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None) -> tuple[Path, P
             raise FileNotFoundError(f"weights file not found: {p}")
         cfg = p.with_name(CONFIG_NAME)
         return p, (cfg if cfg.is_file() else None)
-    if p.exists() or str(path_or_repo_id).count("/") != 1:
-        raise FileNotFoundError(f"{path_or_repo_id}: not a weights folder, .safetensors file or Hub repo id")
+    repo = hub_repo_id(path_or_repo_id)
+    if repo is None:
+        raise FileNotFoundError(
+            f"{path_or_repo_id}: not a weights folder, a .safetensors file or a Hub repo id (owner/name or hf://owner/name)"
+        )
     from huggingface_hub import hf_hub_download
 
-    repo = str(path_or_repo_id)
     weights = Path(hf_hub_download(repo, WEIGHTS_NAME, revision=revision))
     config = Path(hf_hub_download(repo, CONFIG_NAME, revision=revision))
     return weights, config
@@ -168,7 +190,8 @@ class Segmenter:
         The weights file must match the sha256 that config.json records. ``verify=False`` is the explicit opt-out
         for weights without one (or without a config.json: then the default pix2pix_unet config); a recorded
         sha256 is checked either way. ``engine``: ``onnx``, ``torch``, ``bf16`` or ``auto`` (see
-        :func:`pick_engine`); ``model.onnx`` is used only when its sha256 matches too.
+        :func:`pick_engine`); ``model.onnx`` is used only when its sha256 matches too, and only the ONNX engine
+        (``onnx``, or ``auto`` on a CPU) reads it: a corrupt graph fails those and leaves ``torch`` and ``bf16`` be.
         """
         weights, config = _resolve(path_or_repo_id, revision)
         if config is None and verify:
@@ -197,8 +220,11 @@ class Segmenter:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         except RuntimeError as e:
             raise ValueError(f"{weights}: weights do not fit a {cfg.arch} generator: {e}") from e
-        hub = (str(path_or_repo_id), revision) if not Path(path_or_repo_id).exists() else None
-        return cls(model, cfg, device, engine, _checked_onnx(weights, cfg, hub))
+        repo = hub_repo_id(path_or_repo_id)
+        hub = (repo, revision) if repo is not None else None
+        on_cpu = (torch.device(device) if device is not None else default_device()).type == "cpu"
+        wants_onnx = engine == "onnx" or (engine == "auto" and on_cpu)
+        return cls(model, cfg, device, engine, _checked_onnx(weights, cfg, hub) if wants_onnx else None)
 
     # ------------------------------------------------------------ the model step
     def preprocess(self, images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
