@@ -48,6 +48,7 @@ from segmenter.data import (
     has_split,
     load_pairs,
     parse_sources,
+    portable_path,
 )
 from segmenter.export import copy_export, export_run, push_to_hub, write_card
 from segmenter.hardware import cpu_has_bf16
@@ -162,6 +163,8 @@ class TrainConfig:
 RESUME_CURRENT = ("resume", "device", "workers", "threads", "export_to", "push_to_hub")
 # ... and these, which may be given to change them: they leave the epochs already trained as they were.
 RESUME_CHANGEABLE = ("epochs", "samples", "eval_test", "half", "tune_inference", "tune_max_size")
+# Paths of the training machine: config.json records them relative to the data root.
+PATHS = ("data", "data_root")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -228,15 +231,15 @@ def resume_config(saved: dict[str, Any], cfg: TrainConfig, given: dict[str, Any]
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The generator's config. The pix2pix U-Net halves down to 1x1: log2(size) levels (8 at 256)."""
-    num_downs = cfg.size.bit_length() - 1 if cfg.arch == "pix2pix_unet" else ModelConfig.num_downs
+    """The generator's config. The pix2pix U-Net halves down to 1x1: log2(size) levels (8 at 256); ``ngf`` and
+    ``num_downs`` are its own (an effnet_unet keeps the defaults, which config.json leaves out)."""
+    unet = {"ngf": cfg.ngf, "num_downs": cfg.size.bit_length() - 1} if cfg.arch == "pix2pix_unet" else {}
     return ModelConfig(
         arch=cfg.arch,
-        encoder=cfg.encoder,  # type: ignore[arg-type]
-        ngf=cfg.ngf,
-        num_downs=num_downs,
-        input_size=cfg.size,  # type: ignore[arg-type]
+        encoder=cfg.encoder,
+        input_size=cfg.size,
         presence_head=cfg.arch == "effnet_unet" and cfg.presence_weight > 0,
+        **unet,
     )
 
 
@@ -400,7 +403,7 @@ def export(
         "preset": cfg.preset,
         "best_epoch": best["epoch"],
         **provenance,
-        "train_config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(cfg) | {k: portable_path(getattr(cfg, k), cfg.data_root) for k in PATHS},
     }
     train_sources, val_sources = sources(cfg)
 
@@ -902,6 +905,11 @@ def end_of_epoch(run: Run, epoch: int, losses: dict[str, float], t0: float) -> N
     )
 
 
+def recorded_source(src: DataSource, root: str) -> dict[str, Any]:
+    """A data source as config.json records it: its path relative to the data root (segmenter.data.portable_path)."""
+    return dataclasses.asdict(src) | {"path": portable_path(src.path, root)}
+
+
 def finish(run: Run) -> int:
     """Rank 0 exports the best epoch (and pushes it to the Hub); returns the exit code."""
     cfg = run.cfg
@@ -909,8 +917,8 @@ def finish(run: Run) -> int:
     data = {
         "train_images": len(run.train_ds),
         "val_images": sum(len(ds) for _, ds in run.val_sets),
-        "sources": [dataclasses.asdict(s) for s in train_sources],
-        "val_sources": [dataclasses.asdict(s) for s in val_sources],
+        "sources": [recorded_source(s, cfg.data_root) for s in train_sources],
+        "val_sources": [recorded_source(s, cfg.data_root) for s in val_sources],
     }
     out = export(cfg, run.run_dir, run.best_state, run.best, {"commands": run.commands, "data": data})
     print(f"exported best epoch {run.best['epoch']} (val IoU {run.best['val_iou']:.4f}) -> {out}")

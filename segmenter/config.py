@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 Arch = Literal["pix2pix_unet", "effnet_unet"]
+# Keys that only the pix2pix U-Net reads: an effnet_unet config.json leaves them out (an older one that has them,
+# at any value, still loads; they are ignored).
+PIX2PIX_KEYS = ("ngf", "num_downs", "norm", "dropout")
 
 
 @dataclass
@@ -82,7 +85,9 @@ class ModelConfig:
             raise ValueError(f"meta must be an object, got {self.meta!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as config.json holds it: the keys of its own architecture only."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in PIX2PIX_KEYS} if self.arch != "pix2pix_unet" else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -393,3 +393,13 @@ def has_split(data: str | Path) -> bool:
 def all_empty(pairs: list[Pair]) -> bool:
     """Whether every mask of ``pairs`` is empty (a set of photos without people)."""
     return all(not (np.asarray(load_pair(p, 64)[1]) > 127).any() for p in pairs)
+
+
+def portable_path(path: str | Path, root: str | Path = DATA_ROOT) -> str:
+    """``path`` as a config.json records it, free of the training machine's folders: relative to the data ``root``
+    when under it (a dataset's name, e.g. ``PennFudanPed``), else its dataset folder's name (with the file, for a
+    CSV)."""
+    p, base = Path(path).resolve(), Path(root).resolve()
+    if p == base or p.is_relative_to(base):
+        return p.relative_to(base).as_posix()
+    return f"{p.parent.name}/{p.name}" if p.suffix.lower() == ".csv" else p.name

@@ -122,7 +122,7 @@ def hub_repo_id(path_or_repo_id: str | Path) -> str | None:
         if not HUB_ID.fullmatch(repo):
             raise ValueError(f"{text}: not a Hub repo id (hf://owner/name)")
         return repo
-    if isinstance(path_or_repo_id, str) and HUB_ID.fullmatch(text) and not Path(text).exists():
+    if HUB_ID.fullmatch(text) and not Path(text).exists():
         return text
     return None
 

@@ -72,6 +72,19 @@ def test_a_stale_graph_is_ignored_and_a_corrupt_one_refused(tiny_weights: Path, 
         Segmenter.from_pretrained(corrupt, device="cpu")
 
 
+def test_a_corrupt_graph_blocks_only_the_onnx_engine(tiny_weights: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_weights, corrupt)
+    with open(corrupt / ONNX_NAME, "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 16)
+    assert (
+        Segmenter.from_pretrained(corrupt, device="cpu", engine="torch").engine == "torch"
+    )  # it never reads the graph
+    with pytest.raises(ValueError, match=r'sha256 does not match.*engine="torch" does not use this file'):
+        Segmenter.from_pretrained(corrupt, device="cpu", engine="onnx")
+
+
 def test_copy_export_never_leaves_an_old_graph_beside_new_weights(tiny_weights: Path, tmp_path: Path) -> None:
     with_graph, no_graph, dest = tmp_path / "with-graph", tmp_path / "no-graph", tmp_path / "weights"
     for src in (with_graph, no_graph):

@@ -78,3 +78,31 @@ def test_examples_are_val_photos_never_test_ones() -> None:
     named = set(re.findall(r"Training_Images/(\d+\.jpg)", (REPO_ROOT / "examples" / "README.md").read_text()))
     assert named
     assert named <= {Path(p.image).name for p in load_pairs(DEFAULT_DATA_DIR, "val")}
+
+
+def test_save_pretrained_returns_a_new_config_and_leaves_its_argument(tmp_path: Path) -> None:
+    from segmenter.config import ModelConfig
+    from segmenter.model import build_generator
+    from segmenter.weights import save_pretrained
+
+    cfg = ModelConfig(ngf=4, num_downs=5, input_size=32, meta={"run_id": "r"})
+    saved = save_pretrained(build_generator(cfg), cfg, tmp_path)
+    assert cfg.meta == {"run_id": "r"}
+    assert saved.meta["sha256"] == sha256_file(tmp_path / "model.safetensors") and saved.meta["run_id"] == "r"
+    assert json.loads((tmp_path / "config.json").read_text())["meta"] == saved.meta
+
+
+def test_a_hub_repo_id_is_recognised_explicitly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segmenter.inference import hub_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    assert hub_repo_id("owner/name") == "owner/name" and hub_repo_id("hf://owner/name") == "owner/name"
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert hub_repo_id("owner/name") is None  # a folder here is a folder
+    assert hub_repo_id("hf://owner/name") == "owner/name"
+    for text in ("a/b/c", "noslash", "own er/name", "/abs/path"):
+        assert hub_repo_id(text) is None
+    with pytest.raises(ValueError, match="not a Hub repo id"):
+        hub_repo_id("hf://a/b/c")
+    with pytest.raises(FileNotFoundError, match=r"not a weights folder, a \.safetensors file or a Hub repo id"):
+        Segmenter.from_pretrained("no such/folder here", verify=False)
