@@ -4,7 +4,7 @@
 (``POST /api/segment``) on one server, http://0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say
 otherwise. Other settings, all from the environment: SEGMENTER_MODEL (weights folder, .safetensors file or Hub repo
 id; default ``weights/``), MAX_UPLOAD_MB, MAX_REQUEST_MB, MAX_PIXELS, CONCURRENCY, MAX_BATCH, BODY_TIMEOUT_S,
-BODY_IDLE_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, TRIM_IDLE_S, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch
+BODY_IDLE_S, MAX_HTTP_REQUESTS, MAX_HTTP_WAITING, HTTP_WAIT_S, CACHE_MAX_MB, CACHE_MAX_AGE_MIN, TRIM_HEAP, TRIM_IDLE_S, MMAP_THRESHOLD_MB, ENGINE (auto | onnx | torch
 | bf16) and LIVE_WEBCAM (auto | on | off).
 Every mask comes from ``Segmenter.segment`` (``segmenter/pipeline.py``); this file only wires it to the UI.
 Tests build the server with :func:`create_app` (or just the UI with :func:`build_demo`).
@@ -20,6 +20,7 @@ except ImportError:
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from functools import partial
@@ -29,11 +30,13 @@ import gradio as gr
 import torch
 import uvicorn
 from fastapi import FastAPI
+from gradio.data_classes import ImageData
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from segmenter.images import ImageError, load_image
 from segmenter.inference import Segmenter
-from segmenter.pipeline import Background, Options, Segmentation, finish
+from segmenter.pipeline import Background, Options, Segmentation, check_threshold, finish
 from segmenter.server import Limits, Segment
 from segmenter.server.batch import CSV_COLUMNS, batch_files
 from segmenter.server.cache import CacheSweeper
@@ -66,6 +69,9 @@ LIMITS = Limits(
     concurrency=int(os.getenv("CONCURRENCY", "2")),
     body_timeout_s=float(os.getenv("BODY_TIMEOUT_S", "120")),
     body_idle_s=float(os.getenv("BODY_IDLE_S", "20")),
+    http_requests=int(os.getenv("MAX_HTTP_REQUESTS", "4")),
+    http_waiting=int(os.getenv("MAX_HTTP_WAITING", "32")),
+    http_wait_s=float(os.getenv("HTTP_WAIT_S", "10")),
 )
 # CPU threads per model call: CONCURRENCY calls at once must not oversubscribe the cores (OpenMP threads that
 # wait for each other made 2 threads x 2 calls on 2 cores several times slower than 1 x 2; see bench/).
@@ -75,7 +81,11 @@ LIVE_WEBCAM = os.getenv("LIVE_WEBCAM", "auto").lower()  # auto: on with CUDA or 
 ZERO_GPU = os.getenv("SPACES_ZERO_GPU") == "true"
 SPACE_ID = os.getenv("SPACE_ID")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-# Gradio's cache folder (uploads and results) stays under this size and age; the oldest files go first.
+# Gradio's cache folder (uploads and results) stays under this size and age; the oldest files go first. It is this
+# app's own folder unless GRADIO_TEMP_DIR names one: the sweeper empties it, and Gradio's shared default (/tmp/gradio)
+# may hold another app's files.
+APP_TEMP_DIR = Path(tempfile.gettempdir()) / "person-segmentation-gradio"
+os.environ.setdefault("GRADIO_TEMP_DIR", str(APP_TEMP_DIR))
 CACHE_MAX_MB = float(os.getenv("CACHE_MAX_MB", "2048"))
 CACHE_MAX_AGE_MIN = float(os.getenv("CACHE_MAX_AGE_MIN", "15"))
 # Memory (issue 15): glibc keeps the heap pages of freed photo buffers, so RSS crept up with every new mix of sizes.
@@ -138,9 +148,34 @@ def photo_path(payload: dict | None) -> str | None:
     """The cached file of an image input's raw payload (events run with ``preprocess=False``: one decode, our caps)."""
     if payload is None:
         return None
-    if not payload.get("path"):
-        raise InputError("Send the image as a file upload.")
+    if not isinstance(payload, dict) or not payload.get("path"):  # e.g. a plain string from gradio_client
+        raise InputError(FILE_PAYLOAD_MESSAGE)
     return payload["path"]
+
+
+FILE_PAYLOAD_MESSAGE = "Send the image as a file: handle_file(path) with gradio_client, or a file upload."
+
+
+class PhotoData(ImageData):
+    """Gradio's ImageData (same schema), refusing a bare string with a user error: Gradio validates an input before
+    any handler runs, so a gradio_client call with a path instead of handle_file(path) got its generic error and
+    logged a pydantic traceback."""
+
+    model_config = ConfigDict(title="ImageData")
+
+    @classmethod
+    def model_validate(cls, obj: object, *args: object, **kwargs: object) -> ImageData:  # type: ignore[override]
+        if not isinstance(obj, dict | BaseModel):
+            raise user_error(FILE_PAYLOAD_MESSAGE)
+        return ImageData.model_validate(obj, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def user_threshold(value: object) -> float:
+    """A threshold from a request -> float, through the one check (pipeline.check_threshold); InputError if not."""
+    try:
+        return check_threshold(value)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def read_photo(path: str | Path) -> Image.Image:
@@ -159,7 +194,7 @@ def read_settings(values: tuple) -> tuple[Options, Background]:
     """The UI's settings components' raw values, in order, -> (Options, Background)."""
     threshold, keep_largest, fill_holes, feather_px, gate, mode, color, blur_percent, bg_payload = values
     options = Options(
-        float(threshold), bool(keep_largest), bool(fill_holes), float(feather_px), presence_gate=bool(gate)
+        user_threshold(threshold), bool(keep_largest), bool(fill_holes), float(feather_px), presence_gate=bool(gate)
     )
     try:
         rgb = Background.parse_color(str(color))
@@ -234,8 +269,7 @@ def segment_api(segment: Segment, cache_dir: str, image: dict | None, threshold:
     try:
         if image is None:
             raise InputError("Send a photo.")
-        if not 0.0 < threshold < 1.0:
-            raise InputError(f"threshold must be between 0 and 1, got {threshold}")
+        threshold = user_threshold(threshold)
         path = photo_path(image)
         photo = read_photo(path)
     except InputError as e:
@@ -257,9 +291,11 @@ def segment_batch(
         raise user_error("Add some photos first.")
     if len(paths) > LIMITS.max_batch:
         raise user_error(f"{len(paths)} photos: at most {LIMITS.max_batch} per batch.")
-    files, rows = batch_files(
-        segment, [Path(p) for p in paths], Options(threshold), Path(cache_dir), LIMITS, progress.tqdm
-    )
+    try:
+        options = Options(user_threshold(threshold))
+    except InputError as e:
+        raise user_error(str(e)) from None
+    files, rows = batch_files(segment, [Path(p) for p in paths], options, Path(cache_dir), LIMITS, progress.tqdm)
     return [str(f) for f in files], [[r[c] for c in CSV_COLUMNS] for r in rows]
 
 
@@ -281,8 +317,11 @@ def example_paths() -> list[str]:
 
 
 def image_input(label: str, sources: list[str], **kwargs: object) -> gr.Image:
-    """A photo input handing the handlers its cached file (decoded once, by our capped loader)."""
-    return gr.Image(label=label, type="filepath", image_mode=None, sources=sources, **kwargs)
+    """A photo input handing the handlers its cached file (decoded once, by our capped loader); a payload that is no
+    file gets a clear error (:class:`PhotoData`)."""
+    component = gr.Image(label=label, type="filepath", image_mode=None, sources=sources, **kwargs)
+    component.data_model = PhotoData
+    return component
 
 
 def threshold_slider(defaults: Options, **kwargs: str) -> gr.Slider:
@@ -423,6 +462,12 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
 # ---------------------------------------------------------------- server
 
 
+def kept_files(demo: gr.Blocks) -> set[str]:
+    """Files Gradio keeps for the app's whole life (its copies of the example photos, default values): made once at
+    start-up, never again, so the cache sweeper must leave them alone whatever their age."""
+    return {str(p) for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())}
+
+
 def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     """The whole server: FastAPI app with ``POST /api/segment`` and the Gradio UI + API mounted at ``/``."""
     seg = load_segmenter(model_path, HUB_MODEL if str(model_path) == DEFAULT_MODEL else None, ENGINE)
@@ -440,7 +485,11 @@ def create_app(model_path: str | Path = MODEL_ID) -> FastAPI:
     )
     cache_cap = int(CACHE_MAX_MB * 2**20)
     app.state.cache_sweeper = CacheSweeper(
-        demo.GRADIO_CACHE, cache_cap, CACHE_MAX_AGE_MIN * 60, after=IDLE_TRIM if TRIM_HEAP else None
+        demo.GRADIO_CACHE,
+        cache_cap,
+        CACHE_MAX_AGE_MIN * 60,
+        after=IDLE_TRIM if TRIM_HEAP else None,
+        keep=partial(kept_files, demo),
     ).start()
     # show_error=False: gr.Error messages (every InputError) still reach the user; other exceptions' text (paths,
     # library internals) stays in the server log.

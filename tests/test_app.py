@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -372,3 +377,128 @@ def test_result_files_are_made_side_by_side_in_order_and_errors_surface(tmp_path
 
     with pytest.raises(ValueError, match="no image today"):
         save_all_to_cache({"ok.png": lambda: Image.new("L", (4, 4)), "broken.png": broken}, str(tmp_path))
+
+
+# ---------------------------------------------------------------- issue 28: thresholds, clear errors, examples
+
+
+THRESHOLD_MESSAGE = "threshold must be a number between 0 and 1 (exclusive)"
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_every_entry_point_refuses_0_and_1_with_the_one_message(
+    threshold: float, app_url: str, client: Client, example_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """The Python API, the CLI, HTTP, gradio_client and the UI's settings all go through pipeline.check_threshold."""
+    from gradio_client.exceptions import AppError
+
+    from segmenter.cli import main as cli
+
+    with pytest.raises(ValueError, match=re.escape(THRESHOLD_MESSAGE)):
+        Options(threshold)
+    with pytest.raises(SystemExit):
+        cli([str(example_photo), "-o", str(tmp_path / "out"), "--threshold", str(threshold)])
+    assert THRESHOLD_MESSAGE in capsys.readouterr().err
+    r = post_segment(app_url, example_photo.read_bytes(), threshold=str(threshold))
+    assert r.status_code == 400 and THRESHOLD_MESSAGE in r.json()["error"]
+    with pytest.raises(AppError, match=re.escape(THRESHOLD_MESSAGE)):
+        client.predict(handle_file(example_photo), threshold, api_name="/segment")
+    with pytest.raises(app.InputError, match=re.escape(THRESHOLD_MESSAGE)):
+        app.read_settings((threshold, False, True, 2, True, "Transparent", "#00b140", 3, None))
+    with pytest.raises(gr.Error, match=re.escape(THRESHOLD_MESSAGE)):
+        app.segment_batch(lambda *a: None, str(tmp_path), [str(example_photo)], threshold)
+
+
+@pytest.mark.parametrize(
+    ("image", "threshold", "message"),
+    [
+        ("photo", "abc", THRESHOLD_MESSAGE),
+        ("plain string", 0.5, "Send the image as a file: handle_file(path)"),
+    ],
+)
+def test_gradio_client_mistakes_get_a_clear_error_and_no_traceback(
+    client: Client, example_photo: Path, capfd: pytest.CaptureFixture, image: str, threshold: object, message: str
+):
+    """threshold="abc", or a path as a plain string instead of handle_file(...): once Gradio's generic "The upstream
+    Gradio app has raised an exception" and a traceback in the log; now a gr.Error saying what to send."""
+    from gradio_client.exceptions import AppError
+
+    capfd.readouterr()
+    upload = handle_file(example_photo) if image == "photo" else str(example_photo)
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(upload, threshold, api_name="/segment")
+    assert "Traceback" not in capfd.readouterr().err  # the server runs in this process: its stderr is ours
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds, at most ``timeout`` seconds (a deadline, not a sleep that assumes a speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.1)
+
+
+def ui_event(url: str, fn_index: int, data: list, session: str) -> dict:
+    """Run one UI event through the queue as the browser does (join, then read the session's stream); its
+    process_completed message."""
+    body = {"data": data, "fn_index": fn_index, "session_hash": session}
+    event = httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=30).json()["event_id"]
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event:
+                    return message
+    raise AssertionError("the event never completed")
+
+
+def test_examples_work_past_the_cache_age_limit(app_url: str):
+    """Gradio copies the examples into its cache once, at start-up; the sweeper deleted them after CACHE_MAX_AGE_MIN
+    (then the file route said 403 and clicking one said the photo was gone). Aged past the limit, they stay."""
+    config = httpx.get(f"{app_url}config", timeout=30).json()
+    dataset = next(c for c in config["components"] if c.get("type") == "dataset")
+    examples = [sample[0] for sample in dataset["props"]["samples"]]
+    assert examples and all(Path(e["path"]).is_file() for e in examples)
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    old = time.time() - 2 * app.CACHE_MAX_AGE_MIN * 60
+    for e in examples:
+        os.utime(e["path"], (old, old))
+    marker = cache / "issue-28" / "old-result.png"  # an ordinary old result: gone once a sweep has run
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(b"x")
+    os.utime(marker, (old, old))
+    wait_for(lambda: not marker.exists(), 60, "a cache sweep")
+    assert all(Path(e["path"]).is_file() for e in examples)
+    assert httpx.get(f"{app_url}gradio_api/file={examples[0]['path']}", timeout=30).status_code == 200
+    photo = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "photo")
+    index = next(d["id"] for d in config["dependencies"] if d["inputs"] and d["inputs"][0] == photo)
+    settings = [0.5, False, True, 2, True, "Transparent", "#00b140", 3, None]
+    done = ui_event(app_url, index, [{**examples[0], "meta": {"_type": "gradio.FileData"}}, *settings], "examples")
+    assert done["success"], done
+    status = done["output"]["data"][5]
+    assert "no longer on the server" not in json.dumps(status), status
+
+
+def test_the_app_has_its_own_temp_folder(tmp_path: Path, tiny_weights: Path):
+    """Gradio's default, /tmp/gradio, is shared by every Gradio app on the host, and the sweeper empties its folder:
+    without GRADIO_TEMP_DIR the app uses a folder of its own, and another app's files there stay."""
+    from segmenter.server.cache import sweep
+
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(tmp_path), LIVE_WEBCAM="off", GRADIO_ANALYTICS_ENABLED="False")
+    code = (
+        "import app; from segmenter import Segmenter; "
+        f"print(app.build_demo(Segmenter.from_pretrained({str(tiny_weights)!r}, device='cpu')).GRADIO_CACHE)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    shared = tmp_path / "gradio"
+    assert folder.is_relative_to(tmp_path) and not folder.is_relative_to(shared), folder
+    other = shared / "other-app" / "upload.png"  # another Gradio app's old file
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    os.utime(other, (0, 0))
+    sweep(folder, max_bytes=1, max_age_s=1)
+    assert other.exists()

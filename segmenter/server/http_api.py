@@ -15,11 +15,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..images import ImageError, encode_png, load_image
-from ..pipeline import Options, Segmentation
+from ..pipeline import Options, Segmentation, check_threshold
 from . import Limits, Segment
 from .guard import json_error, read_body, replay
 
 HTTP_OUTPUTS = ("cutout", "mask", "overlay")
+RETRY_AFTER_S = 5
 log = logging.getLogger("segmenter.server")
 
 
@@ -43,8 +44,18 @@ def add_http_api(
 
     Bad requests get 4xx with JSON ``{"error": ...}``. Model runs share a ``limits.concurrency``-wide limiter. Each
     request's decoding, segmenting and encoding run inside ``active()`` (the server's ``IdleTrim.active``).
+    At most ``limits.http_requests`` requests hold their body at once; up to ``limits.http_waiting`` more wait for
+    one of those slots, their bodies unread, for ``limits.http_wait_s``; beyond either, 503 with Retry-After.
     """
     limiter = anyio.CapacityLimiter(limits.concurrency)
+    bodies = anyio.Semaphore(limits.http_requests)
+    waiting = 0  # requests waiting for a body slot (this runs on one event loop: a plain counter is exact)
+
+    def busy(why: str) -> JSONResponse:
+        response = json_error(503, f"The server is busy ({why}); retry in {RETRY_AFTER_S} s.")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        response.headers["Connection"] = "close"  # the unread body is not drained
+        return response
 
     async def invalid_query(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -83,9 +94,30 @@ def add_http_api(
         """
         if output not in HTTP_OUTPUTS:
             return json_error(400, f"output must be one of {', '.join(HTTP_OUTPUTS)}, got {output!r}")
-        if threshold is not None and not 0.0 < threshold < 1.0:
-            return json_error(400, f"threshold must be between 0 and 1, got {threshold}")
-        options = Options(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes)
+        try:
+            threshold = None if threshold is None else check_threshold(threshold)
+            options = Options(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes)
+        except ValueError as e:  # pipeline.check_threshold's one message
+            return json_error(400, str(e))
+        nonlocal waiting
+        if bodies.value == 0 and waiting >= limits.http_waiting:
+            return busy(f"{limits.http_requests} photos in flight and {waiting} waiting")
+        got = False
+        waiting += 1
+        try:
+            with anyio.move_on_after(limits.http_wait_s):
+                await bodies.acquire()
+                got = True
+        finally:
+            waiting -= 1
+        if not got:
+            return busy(f"no slot for the photo within {limits.http_wait_s:g} s")
+        try:
+            return await segment_request(request, output, options)
+        finally:
+            bodies.release()
+
+    async def segment_request(request: Request, output: str, options: Options) -> Response:
         body = await read_body(request, limits.max_upload_bytes + 2**16)  # the photo plus the form's framing
         if body is None:
             return json_error(413, f"The request is larger than the {limits.max_upload_mb:g} MB upload limit.")
