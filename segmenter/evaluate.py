@@ -1,12 +1,18 @@
 """Evaluate weights through the served pipeline: every mask scored is the one the Space returns for that photo.
 
-    python -m segmenter.evaluate weights/ --all              # every split of every dataset under ../shared/data
+    python -m segmenter.evaluate weights/ --all              # every val split (+ the published test), far people too
+    python -m segmenter.evaluate runs/x/export --all --compare weights/   # ... beside the shipped model, with a verdict
     python -m segmenter.evaluate weights/ --split test       # one split of --data (the Human Segmentation Dataset)
     python -m segmenter.evaluate weights/ --data my_annotations.csv --split all --csv per_image.csv
 
 Masks are compared at each photo's original size, made by ``Segmenter.segment`` with the Space's default options
-(guided upsampling, fill holes, the presence gate). ``--all`` reads ``test`` rows only of the Human Segmentation
-Dataset (the figure we publish); the other datasets' splits are train and val.
+(guided upsampling, fill holes, the presence gate). ``--all`` reads every dataset's ``val`` rows, the ``test`` rows of
+the Human Segmentation Dataset (the figure we publish; never used to choose) and the far-people set built from val
+photos (:mod:`segmenter.far_people`); ``--train`` adds the train rows. ``missed`` counts the photos with a person
+answered "No person found" or with an empty mask: the worst answer, whose target is 0.
+
+``--compare REF`` scores REF on the same photos and prints one table of both, split by split, with the rule a model
+ships by: no val split worse than REF beyond NOISE mIoU, no more photos missed, and a better pooled val mIoU.
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import far_people
 from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
 from .export import CONFIG_NAME
 from .inference import ENGINES, Segmenter
 from .metrics import METRICS, mean_scores, score
-from .pipeline import Options
+from .pipeline import Options, check_threshold
 
 LABELS = {"iou": "mIoU", "dice": "Dice", "accuracy": "accuracy", "boundary_f": "boundary-F"}
 WORST = 5
 PUBLISHED_TEST = DEFAULT_DATA_DIR.name  # the only dataset whose test rows are read
+NOISE = 0.005  # a val split's mIoU may drop this much before a candidate counts as worse there
 
 
 def evaluate(
@@ -60,6 +68,7 @@ def evaluate(
                     "person_share": float(pred.mean()),
                     "no_person": float(result.no_person),
                     "presence": result.presence,
+                    "missed": float(bool((np.asarray(truth) > 127).any()) and (result.no_person or not pred.any())),
                 }
             )
         bar.update(len(chunk))
@@ -68,39 +77,86 @@ def evaluate(
         **mean_scores(rows),
         "person_share": float(np.mean([r["person_share"] for r in rows])),
         "no_person": float(np.mean([r["no_person"] for r in rows])),
+        "missed": float(sum(r["missed"] for r in rows)),
         "seconds_per_image": seconds / len(pairs),
     }
     return means, rows
 
 
-def all_splits(root: Path) -> list[tuple[str, str, list[Pair]]]:
-    """(dataset, split, pairs) for every split of every dataset folder with a split.csv under ``root``.
-
-    ``test`` rows only for the published dataset.
-    """
+def all_splits(
+    root: Path, train: bool = False, far: Path | None = far_people.DEFAULT_DIR
+) -> list[tuple[str, str, list[Pair]]]:
+    """(dataset, split, pairs) for every dataset folder with a split.csv under ``root``: its ``val`` rows (``train``
+    too when asked), the published dataset's ``test`` rows, then the far-people splits (built under ``far`` when
+    missing; None: left out)."""
     out = []
     for folder in sorted(p for p in root.iterdir() if (p / "split.csv").is_file()):
         with (folder / "split.csv").open(newline="") as f:
             splits = sorted({row.get("split", "") for row in csv.DictReader(f)} - {""})
         for split in splits:
-            if split == "test" and folder.name != PUBLISHED_TEST:
-                continue
-            out.append((folder.name, split, load_pairs(folder, split)))
+            wanted = (
+                split == "val" or (split == "train" and train) or (split == "test" and folder.name == PUBLISHED_TEST)
+            )
+            if wanted:
+                out.append((folder.name, split, load_pairs(folder, split)))
+    if far is not None and all((root / name).is_dir() for name, _ in (*far_people.DONORS, far_people.SCENES)):
+        folder = far_people.ensure(far, root)
+        out += [(far_people.NAME, split, load_pairs(folder, split)) for split in far_people.splits()]
     return out
 
 
 def format_table(results: list[tuple[str, str, dict[str, float]]]) -> str:
     """One markdown row per (dataset, split): mIoU, Dice, boundary F, person share, no-person share, seconds."""
     lines = [
-        "| dataset | split | photos | mIoU | Dice | boundary F | mean person share | reported no person | s/photo |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | split | photos | mIoU | Dice | boundary F | mean person share | reported no person | missed "
+        "| s/photo |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, split, m in results:
         lines.append(
             f"| {name} | {split} | {m['photos']:.0f} | {m['iou']:.4f} | {m['dice']:.4f} | {m['boundary_f']:.4f} "
-            f"| {m['person_share']:.2%} | {m['no_person']:.0%} | {m['seconds_per_image']:.3f} |"
+            f"| {m['person_share']:.2%} | {m['no_person']:.0%} | {m.get('missed', 0):.0f} | {m['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def pooled(results: list[tuple[str, str, dict[str, float]]]) -> float:
+    """Mean IoU over every photo of the val splits (far people included; test never)."""
+    rows = [(m["iou"], m["photos"]) for _, split, m in results if split != "test" and split != "train"]
+    return sum(i * n for i, n in rows) / max(1, sum(n for _, n in rows))
+
+
+def compare_table(
+    new: list[tuple[str, str, dict[str, float]]], ref: list[tuple[str, str, dict[str, float]]], ref_name: str
+) -> tuple[str, bool]:
+    """Candidate against ``ref`` on the same splits -> (markdown table with a verdict line, whether it ships).
+
+    It ships when no val split is worse than ``ref`` by more than NOISE mIoU, no val split misses more photos, and
+    the pooled val mIoU is higher. Test rows are shown, never judged.
+    """
+    lines = [
+        f"| dataset | split | photos | mIoU {ref_name} | mIoU candidate | change | missed {ref_name} | missed candidate |"
+        " verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ships = True
+    for (name, split, m), (_, _, r) in zip(new, ref, strict=True):
+        delta = m["iou"] - r["iou"]
+        judged = split not in ("test", "train")
+        worse = judged and (delta < -NOISE or m.get("missed", 0) > r.get("missed", 0))
+        ships &= not worse
+        verdict = "worse" if worse else ("not judged" if not judged else ("better" if delta > NOISE else "same"))
+        lines.append(
+            f"| {name} | {split} | {m['photos']:.0f} | {r['iou']:.4f} | {m['iou']:.4f} | {delta:+.4f} "
+            f"| {r.get('missed', 0):.0f} | {m.get('missed', 0):.0f} | {verdict} |"
+        )
+    p_new, p_ref = pooled(new), pooled(ref)
+    ships &= p_new > p_ref
+    lines.append(
+        f"| pooled val | | {sum(m['photos'] for _, s, m in new if s not in ('test', 'train')):.0f} | {p_ref:.4f} "
+        f"| {p_new:.4f} | {p_new - p_ref:+.4f} | | | {'ships' if ships else 'does not ship'} |"
+    )
+    return "\n".join(lines), ships
 
 
 def format_report(means: dict[str, float], rows: list[dict], worst: int = WORST, root: Path | None = None) -> str:
@@ -182,7 +238,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "weights", help="weights folder (config.json + model.safetensors), .safetensors file or Hub repo id"
     )
-    parser.add_argument("--all", action="store_true", help="every split of every dataset under --data-root: one table")
+    parser.add_argument(
+        "--all", action="store_true", help="every val split under --data-root, the published test and far people"
+    )
+    parser.add_argument("--train", action="store_true", help="with --all: the train splits too")
+    parser.add_argument(
+        "--far-people", type=Path, default=far_people.DEFAULT_DIR, help="far-people set folder (built when missing)"
+    )
+    parser.add_argument(
+        "--compare", default=None, help="with --all: also score these weights (e.g. weights/) and print the comparison"
+    )
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="datasets for --all (default: %(default)s)")
     parser.add_argument(
         "--data",
@@ -208,8 +273,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], not {args.threshold}")
+    if args.threshold is not None:
+        try:
+            check_threshold(args.threshold)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.compare and not args.all:
+        parser.error("--compare needs --all")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.card and not (args.all and (Path(args.weights) / "README.md").is_file()):
@@ -221,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.all:
-            jobs = all_splits(args.data_root)
+            jobs = all_splits(args.data_root, args.train, args.far_people)
             if not jobs:
                 raise ValueError(f"{args.data_root}: no dataset folders with a split.csv")
         else:
@@ -259,6 +329,21 @@ def main(argv: list[str] | None = None) -> int:
             print(format_report(means, rows, root=data if data.is_dir() else data.parent))
     if args.all:
         print(format_table(results))
+    if args.compare:
+        ref_seg = Segmenter.from_pretrained(args.compare, device=args.device, engine=args.engine)
+        ref = [
+            (
+                name,
+                split,
+                {**evaluate(ref_seg, pairs, options, not args.no_progress, args.batch_size)[0], "photos": len(pairs)},
+            )
+            for name, split, pairs in jobs
+        ]
+        table, _ = compare_table(results, ref, args.compare)
+        print(
+            f"\nagainst {args.compare} on the same photos (ships: no val split worse beyond {NOISE}, none missed more, "
+            f"pooled val mIoU higher):\n\n{table}"
+        )
     if args.card:
         write_card_results(Path(args.weights) / "README.md", format_table(results), argv)
         write_config_metrics(Path(args.weights) / CONFIG_NAME, results)

@@ -4,7 +4,9 @@
 :func:`finish` alone when a slider moves. Every mask anyone sees or scores is made here:
 
 1. probabilities at the model's size -> the photo's size (``guided``: edge-aware, or ``bilinear``), stored as uint8;
-2. the one threshold rule (:func:`binarize`), and an empty mask when the presence head says "no person";
+2. the one threshold rule (:func:`binarize`), and the presence gate: an empty mask when the presence score says
+   "no person" *and* the map holds no confident region the size of a person far away (:func:`confident_share`);
+   when it does, the mask is kept and flagged "low confidence" instead: a gate never erases a person it can see;
 3. clean-up: keep the largest region, fill holes, feather the edge into an alpha matte;
 4. outputs: mask, cutout, overlay, composites, person share, presence score.
 """
@@ -20,13 +22,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor, ImageOps
+from scipy import ndimage
 
 from . import blend, refine
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Upsample = Literal["guided", "bilinear"]
-MIN_SHARE = 0.005  # a mask covering less of the photo than this counts as "no person found"
+MIN_SHARE = 0.0002  # a mask covering less of the photo than this counts as "no person found" (a person 8% of the
+# frame's height covers about 0.07% of it: docs/presence-gate.md)
+CONFIDENT = 0.9  # probability of a "confident" pixel
+KEEP_SHARE = 0.01  # the presence gate keeps a mask whose largest confident region covers this share of the frame
+GATE_SIDE = 512  # confident regions are measured on the map scaled to at most this many pixels a side
 NO_PERSON = "No person found"
+LOW_CONFIDENCE = "Person found, low confidence"
+
+
+def confident_share(probability: np.ndarray) -> float:
+    """(H, W) uint8 probability map -> share of the frame covered by its largest connected region of pixels at
+    >= CONFIDENT probability (measured at most GATE_SIDE px a side): the evidence the presence gate weighs."""
+    step = max(1, math.ceil(max(probability.shape) / GATE_SIDE))
+    small = probability[::step, ::step] >= math.ceil(CONFIDENT * 255)
+    if not small.any():
+        return 0.0
+    labels, _ = ndimage.label(small)
+    return float(np.bincount(labels.ravel())[1:].max() / small.size)
 
 
 def threshold_level(threshold: float) -> int:
@@ -77,7 +96,7 @@ class Options:
     fill_holes: bool = True
     feather_px: float = 2.0
     upsample: Upsample = "guided"
-    presence_gate: bool = True  # an empty mask when the presence head says "no person"
+    presence_gate: bool = True  # an empty mask when the presence score says "no person" and no confident region
     input_size: int | None = None
     flip: bool | None = None
 
@@ -128,6 +147,7 @@ class Segmentation:
     options: Options
     threshold: float  # the threshold used (options.threshold or the model's)
     mask: Image.Image  # binary "L" 0/255
+    overruled: bool = False  # the presence score said nobody, but a confident region kept the mask (low confidence)
     _alpha: Image.Image | None = field(default=None, repr=False)  # made on first use: a mask alone never needs it
 
     @property
@@ -143,8 +163,14 @@ class Segmentation:
 
     @property
     def person_present(self) -> bool:
-        """False when the presence head says "no person" and the gate is on (the mask is then empty), else True."""
-        return self.presence is None or not self.options.presence_gate or self.presence >= self.presence_threshold
+        """False when the gate erased the mask (the presence score says "no person" and the map holds no confident
+        region), else True."""
+        return (
+            self.presence is None
+            or not self.options.presence_gate
+            or self.presence >= self.presence_threshold
+            or self.overruled
+        )
 
     @property
     def share(self) -> float:
@@ -162,6 +188,11 @@ class Segmentation:
             return f"{NO_PERSON}: the model says this photo shows nobody (presence {self.presence:.2f})."
         if self.share < MIN_SHARE:
             return f"{NO_PERSON}: the mask is (almost) empty. Try a lower threshold or another photo."
+        if self.overruled:
+            return (
+                f"{LOW_CONFIDENCE}: the presence score says nobody (presence {self.presence:.2f}), but the mask holds "
+                "a confident region, kept so that no person is erased. Check it."
+            )
         return None
 
     def cutout(self) -> Image.Image:
@@ -247,8 +278,9 @@ def finish(
     """A full-size uint8 probability map -> Segmentation: threshold, presence gate, clean-up (the feathered alpha
     is made when a cutout or composite first needs it)."""
     threshold = default_threshold if options.threshold is None else options.threshold
-    gated = options.presence_gate and presence is not None and presence < presence_threshold
-    mask = np.zeros(probability.shape, bool) if gated else binarize(probability, threshold)
+    doubted = options.presence_gate and presence is not None and presence < presence_threshold
+    overruled = doubted and confident_share(probability) >= KEEP_SHARE
+    mask = np.zeros(probability.shape, bool) if doubted and not overruled else binarize(probability, threshold)
     if options.keep_largest:
         mask = refine.keep_largest_component(mask)
     if options.fill_holes:
@@ -261,4 +293,5 @@ def finish(
         options=options,
         threshold=threshold,
         mask=Image.fromarray(mask.view(np.uint8) * 255, "L"),
+        overruled=overruled,
     )

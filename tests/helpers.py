@@ -146,10 +146,12 @@ def odd_modes() -> dict[str, tuple[Image.Image, np.ndarray]]:
 
 
 def make_presence_weights(
-    folder: Path, mask_bias: float = 5.0, presence_bias: float = 0.0, presence_threshold: float = 0.5
+    folder: Path, mask_bias: float = 1.0, presence_bias: float = 0.0, presence_threshold: float = 0.5
 ) -> Path:
     """Export an untrained effnet_unet with a presence head; the mask is tanh(``mask_bias``) everywhere and the
-    presence score sigmoid(``presence_bias``) for every photo (last layers zeroed, biases set)."""
+    presence score sigmoid(``presence_bias``) for every photo (last layers zeroed, biases set). The default map,
+    probability 0.88 everywhere, is a person below the gate's CONFIDENT level: the presence score alone decides; a
+    ``mask_bias`` of 2 or more makes it confident, which the gate keeps whatever the score says."""
 
     def set_biases(net: nn.Module) -> None:
         net.head.weight.zero_()

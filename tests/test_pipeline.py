@@ -228,3 +228,43 @@ def test_resized_shrinks_every_map_and_keeps_what_it_shows(tmp_path: Path) -> No
     assert full.resized(300) is full and full.resized(1000) is full  # already fits: no copy
     blurred = small.composite(Background("blur", blur_percent=5))
     assert blurred.size == (150, 100)
+
+
+def _block_map(value: int, h: int, w: int, size: tuple[int, int] = (100, 100)) -> np.ndarray:
+    prob = np.zeros(size, np.uint8)
+    prob[10 : 10 + h, 40 : 40 + w] = value
+    return prob
+
+
+@pytest.mark.parametrize(
+    ("prob", "kept"),
+    [
+        (_block_map(250, 20, 8), True),  # a confident region of 1.6% of the frame: a person far away
+        (_block_map(250, 3, 3), False),  # 0.09%: a speck, erased as the score says
+        (_block_map(200, 40, 40), False),  # a large region, but not confident (0.78): erased
+    ],
+)
+def test_the_gate_never_erases_a_confident_region(prob: np.ndarray, kept: bool) -> None:
+    """The presence score says nobody: the mask is kept, and flagged, only when the map holds a confident region."""
+    from segmenter.pipeline import KEEP_SHARE, LOW_CONFIDENCE, NO_PERSON, confident_share
+
+    image = Image.new("RGB", prob.shape[::-1])
+    out = finish(image, prob, 0.1, Options(feather_px=0), 0.5, 0.5)
+    assert (confident_share(prob) >= KEEP_SHARE) is kept
+    assert out.overruled is kept and out.person_present is kept and out.no_person is not kept
+    assert bool((np.asarray(out.mask) > 0).any()) is kept
+    assert out.warning.startswith(LOW_CONFIDENCE if kept else NO_PERSON)
+    sure = finish(image, prob, 0.9, Options(feather_px=0), 0.5, 0.5)  # the score says somebody: never gated
+    assert not sure.overruled and (np.asarray(sure.mask) > 0).sum() == (prob >= 128).sum()
+
+
+def test_confident_share_measures_the_largest_region() -> None:
+    from segmenter.pipeline import confident_share
+
+    prob = _block_map(255, 10, 10)
+    prob[60:65, 60:65] = 255  # a second, smaller region
+    assert confident_share(prob) == pytest.approx(100 / 10_000)
+    assert confident_share(np.zeros((30, 30), np.uint8)) == 0.0
+    big = np.zeros((2048, 1024), np.uint8)
+    big[:512, :256] = 240  # measured on a reduced map: the share survives the reduction
+    assert confident_share(big) == pytest.approx(1 / 16, rel=0.02)
