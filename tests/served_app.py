@@ -7,12 +7,12 @@ in-process server of conftest.py (``app_url``) shares all of them with the test 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,18 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNNING = re.compile(r"Uvicorn running on http://[^:/]+:(\d+)")  # uvicorn's start-up line names the bound port
 START_TIMEOUT = 120.0  # seconds: importing torch and gradio is slow on a loaded CPU
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> None:
+    """Poll ``condition`` until it holds, for at most ``timeout`` seconds: a deadline, never a sleep that assumes how
+    fast the machine is."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(every)
 
 
 def app_env(weights: Path | str | None, **overrides: str) -> dict[str, str]:
@@ -91,19 +96,22 @@ def serve_app(weights: Path | str | None, log_dir: Path, cwd: Path = ROOT, **env
     Stopping is a SIGTERM, so uvicorn shuts down gracefully (Gradio's cache clean-up runs), then a SIGKILL if it
     takes over 30 s.
     """
-    port = free_port()
     log = log_dir / "server.log"
-    env = app_env(weights, GRADIO_SERVER_PORT=str(port), **env)
+    # Port 0: the server binds a free port itself and logs which (a port picked here first could be taken by
+    # another process before the server binds it).
+    env = app_env(weights, **{"GRADIO_SERVER_PORT": "0", **env})
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    served = Served(f"http://127.0.0.1:{port}/", proc, log, env)
+    served = Served("", proc, log, env)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if not served.alive():
                 raise RuntimeError(f"python app.py exited with {proc.returncode}:\n{served.log_text()[-3000:]}")
+            if not served.url and (bound := RUNNING.search(served.log_text())):
+                served.url = f"http://127.0.0.1:{bound.group(1)}/"
             try:
-                if httpx.get(f"{served.url}config", timeout=5).status_code == 200:
+                if served.url and httpx.get(f"{served.url}config", timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

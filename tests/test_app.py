@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+from served_app import wait_for
 
 import app
 from segmenter import Segmenter
@@ -428,15 +428,6 @@ def test_gradio_client_mistakes_get_a_clear_error_and_no_traceback(
     with pytest.raises(AppError, match=re.escape(message)):
         client.predict(upload, threshold, api_name="/segment")
     assert "Traceback" not in capfd.readouterr().err  # the server runs in this process: its stderr is ours
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds, at most ``timeout`` seconds (a deadline, not a sleep that assumes a speed)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.1)
 
 
 def ui_event(url: str, fn_index: int, data: list, session: str) -> dict:

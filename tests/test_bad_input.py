@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from corpus import REFUSALS, Case, brightness_weights, check_result, corpus, val
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
-from served_app import Served, post_photo, serve_app
+from served_app import Served, post_photo, serve_app, wait_for
 
 import app
 from segmenter.cli import main as cli
@@ -117,7 +116,8 @@ def test_user_errors_log_one_line_without_a_traceback(client: Client, server: Se
     start = len(server.log.read_text())
     with pytest.raises(AppError, match="not a readable image"):
         client.predict(handle_file(case.write(tmp_path)), 0.5, api_name="/segment")
-    time.sleep(0.5)  # the server's log line follows its answer
+    line = "user error: The file is not a readable image"
+    wait_for(lambda: line in server.log.read_text()[start:], 30, "the server's log line (it follows its answer)")
     logged = server.log.read_text()[start:]
     assert "Traceback" not in logged, logged
     assert logged.count("user error: The file is not a readable image") == 1, logged

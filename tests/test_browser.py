@@ -7,6 +7,7 @@ Screenshots are saved under the test's tmp_path for a human to look at.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,8 +116,10 @@ def test_live_webcam_streams_segmented_frames(browser, live_url: str, tmp_path: 
             new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true});
         }"""
     )
-    seconds = 8
-    page.wait_for_timeout(seconds * 1000)
+    # Until three distinct frames have been shown, with a deadline (a fixed 8 s wait assumed how fast the host is).
+    start = time.monotonic()
+    page.wait_for_function("() => window.shown.size >= 3", timeout=120_000)
+    seconds = time.monotonic() - start
     frames = page.evaluate("() => window.shown.size")
     page.screenshot(path=tmp_path / "live.png", full_page=True)
     context.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_tiny_weights
-from served_app import app_env, free_port, run_app
+from served_app import app_env, run_app
 
 import app
 from segmenter.inference import WEIGHTS_NAME, Segmenter
@@ -62,7 +62,7 @@ def test_segmenter_and_create_app_refuse(tiny_weights: Path, tmp_path: Path, fau
 def test_python_app_exits_with_the_reason(tiny_weights: Path, tmp_path: Path) -> None:
     """``python app.py`` with each fault (run side by side): exit 1, an ``error:`` line, no traceback or secret."""
     folders = {fault: broken_copy(tiny_weights, tmp_path / fault, fault) for fault in FAULTS}
-    envs = [app_env(folders[f], GRADIO_SERVER_PORT=str(free_port()), HF_TOKEN=SECRET) for f in FAULTS]
+    envs = [app_env(folders[f], GRADIO_SERVER_PORT="0", HF_TOKEN=SECRET) for f in FAULTS]
     with ThreadPoolExecutor(len(FAULTS)) as pool:
         runs = dict(zip(FAULTS, pool.map(run_app, envs), strict=True))
     for fault, proc in runs.items():

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from corpus import REFUSALS, corpus, encode, valid_photo
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from served_app import Served, post_photo, serve_app, stop
+from served_app import Served, post_photo, serve_app, stop, wait_for
 
 import app
 import segmenter.inference
@@ -203,7 +204,7 @@ def test_aborted_uploads_log_one_line_each_without_a_traceback(server: Served) -
     start = len(server.log_text())
     for path in ("api/segment", "gradio_api/upload", "api/segment", "gradio_api/upload"):
         start_body(server.url, path, 1_000_000, PART + b"x" * 50_000).close()  # the client gives up mid-upload
-    time.sleep(1.0)
+    wait_for(lambda: server.log_text()[start:].count("client went away") >= 4, 30, "four log lines")
     logged = server.log_text()[start:]
     assert "Traceback" not in logged and "Exception in ASGI" not in logged, logged
     assert logged.count("client went away") == 4, logged
@@ -238,10 +239,15 @@ def test_body_guard_passes_unexpected_errors_on() -> None:
 # ---------------------------------------------------------------- fairness
 
 
-def completions(url: str, session: str, done: dict[str, float], stop_after: int) -> None:
-    """Read the session's queue stream, noting when each event completed (``done``: event id -> monotonic time)."""
+def completions(
+    url: str, session: str, done: dict[str, float], stop_after: int, started: set[str] | None = None
+) -> None:
+    """Read the session's queue stream, noting when each event completed (``done``: event id -> monotonic time) and
+    which have started (``started``)."""
     with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as r:
         for line in r.iter_lines():
+            if started is not None and line.startswith("data:") and '"process_starts"' in line:
+                started.add(json.loads(line[5:])["event_id"])
             if line.startswith("data:") and '"process_completed"' in line:
                 done[json.loads(line[5:])["event_id"]] = time.monotonic()
                 if len(done) >= stop_after:
@@ -253,12 +259,12 @@ def test_a_single_photo_does_not_wait_behind_two_batches(server: Served, client:
     noise = np.random.default_rng(0).integers(0, 256, (900, 1100, 3), np.uint8)  # just under the 1 MP cap
     big = encode(Image.fromarray(noise), "JPEG", quality=50)  # noise: slow to cut out and compress
     files = [{"path": upload(server.url, big, f"b{i}.jpg"), "meta": FILE_DATA} for i in range(16)]
-    session, done = "fairness", {}
+    session, done, started = "fairness", {}, set()
     batch = {"data": [files, 0.5], "fn_index": fn_index(server.url, "batch-files"), "session_hash": session}
     events = [httpx.post(f"{server.url}gradio_api/queue/join", json=batch, timeout=30).json()["event_id"] for _ in "ab"]
-    reader = threading.Thread(target=completions, args=(server.url, session, done, 1), daemon=True)
+    reader = threading.Thread(target=completions, args=(server.url, session, done, 1, started), daemon=True)
     reader.start()  # like the UI: join, then listen (the session's messages wait for the stream)
-    time.sleep(0.5)  # both batches have been picked up
+    wait_for(lambda: started, 60, "the first batch to start")  # the second queues behind it (one at a time)
     sent = time.monotonic()
     photo = Path(server.env["TMPDIR"]).parent / "single.jpg"
     photo.write_bytes(valid_photo())
@@ -279,7 +285,29 @@ def test_delete_cache_is_configured(tiny_weights: Path) -> None:
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Total size of the files under ``folder``, which the app's sweeper may be changing meanwhile: a file it deletes
+    between the listing and the stat counts as gone (it is), instead of failing with FileNotFoundError."""
+    return sum(size for _, size in files_of(folder))
+
+
+def files_of(folder: Path) -> list[tuple[Path, int]]:
+    """(path, size) of each regular file under ``folder``, skipping any that vanish while it is walked."""
+    found = []
+    for root, _dirs, names in os.walk(folder):  # os.walk skips folders removed meanwhile (onerror ignores them)
+        for name in names:
+            path = Path(root, name)
+            try:
+                st = path.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((path, st.st_size))
+    return found
+
+
+def cached_files(folder: Path) -> set[Path]:
+    """The files under ``folder`` now (the sweeper may delete some while this looks)."""
+    return {p for p, _ in files_of(folder)}
 
 
 def test_sweep_drops_old_files_then_the_oldest_until_under_the_cap(tmp_path: Path) -> None:
@@ -358,18 +386,18 @@ def test_shutdown_removes_uploads_and_results(tiny_weights: Path, tmp_path: Path
     """SIGTERM with a client still connected: the server stops within seconds and Gradio's cache is emptied."""
     cache = tmp_path / "cache"
     with serve_app(tiny_weights, tmp_path, **server_env(tmp_path)) as server:
-        examples = {p for p in cache.rglob("*") if p.is_file()}  # cached at start-up, kept by design
+        examples = cached_files(cache)  # cached at start-up, kept by design
         client = Client(server.url, verbose=False)  # left connected: its heartbeat stays open
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(valid_photo())
         results = client.predict(handle_file(photo), 0.5, api_name="/segment")
         assert post_photo(server.url, valid_photo()).status_code == 200
-        made = {p for p in cache.rglob("*") if p.is_file()} - examples
+        made = cached_files(cache) - examples
         assert {p.name for p in made} >= {"photo.jpg", "photo-mask.png", "photo-cutout.png"}
         assert all(Path(r).exists() for r in results)  # downloaded copies on the client's side
         stop(server.proc, timeout=app.SHUTDOWN_SECONDS + 20)  # a hang would be killed and fail the check below
         assert "Application shutdown complete" in server.log_text()
-    assert {p for p in cache.rglob("*") if p.is_file()} <= examples
+    assert cached_files(cache) <= examples
 
 
 # ---------------------------------------------------------------- only uploaded files are read
@@ -403,7 +431,7 @@ def test_api_reads_only_uploaded_files(server: Served, outside_photo: Path, endp
         r = api_call(server.url, endpoint, wrap(payload))
         assert r.status_code == 400 and "uploaded" in r.json()["error"], (name, r.status_code, r.text)
     cache = Path(server.env["GRADIO_TEMP_DIR"])
-    assert not [p for p in cache.rglob("*") if p.name.startswith(("private", "passwd", "model"))]  # nothing copied
+    assert not [p for p in cached_files(cache) if p.name.startswith(("private", "passwd", "model"))]  # none copied
     assert server.alive()
 
 
@@ -543,3 +571,69 @@ def test_no_secret_in_responses_logs_or_model_card(server: Served, client: Clien
     for r in answers:
         assert SECRET not in r.text and SECRET not in str(r.headers), r.url
     assert SECRET not in server.log_text()
+
+
+# ---------------------------------------------------------------- HTTP requests in flight (issue 28)
+
+
+def test_http_bodies_in_flight_are_bounded() -> None:
+    """POST /api/segment read every body before it waited for a model slot, with nothing capping how many: 32
+    uploads of 19 MB at once took RSS from 1 to 2.6 GB. Now at most ``http_requests`` hold a body; ``http_waiting``
+    more wait with theirs unread, and the rest get 503 with Retry-After at once (or after ``http_wait_s``)."""
+    from fastapi import FastAPI
+
+    from segmenter.server import Limits
+    from segmenter.server.http_api import add_http_api
+
+    release, running = threading.Event(), threading.Semaphore(0)  # a stand-in model that waits to be released
+
+    def segment(image: Image.Image, options: object) -> object:
+        from segmenter.pipeline import Options, finish
+
+        running.release()
+        assert release.wait(timeout=60)
+        return finish(image, np.zeros((image.height, image.width), np.uint8), None, Options(), 0.5, 0.5)
+
+    limits = Limits(concurrency=2, http_requests=2, http_waiting=1, http_wait_s=0.5)
+    api = FastAPI()
+    add_http_api(api, segment, limits)
+    read: dict[str, int] = {}  # request id -> body bytes the app took in
+
+    async def counting(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        key = scope.get("query_string", b"").decode()
+
+        async def counted():  # type: ignore[no-untyped-def]
+            message = await receive()
+            read[key] = read.get(key, 0) + len(message.get("body", b""))
+            return message
+
+        await api(scope, counted if scope["type"] == "http" else receive, send)
+
+    photo = valid_photo()
+
+    async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.post(f"/api/segment?id={i}", files={"file": ("p.png", photo)})
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=counting)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            holding = [asyncio.create_task(post(client, i)) for i in range(2)]
+            for _ in range(2):  # both are in the model (each holds its body); polled with a deadline
+                assert await asyncio.to_thread(running.acquire, True, 60)
+            assert api.state.http_load() == (2, 0)
+            waiter = asyncio.create_task(post(client, 2))  # waits for a body slot, its body unread...
+            deadline = time.monotonic() + 30
+            while api.state.http_load() != (2, 1):
+                assert time.monotonic() < deadline, api.state.http_load()
+                await asyncio.sleep(0.01)
+            extra = await post(client, 3)  # ...so this one is beyond the bound: 503 at once
+            late = await waiter  # no slot within http_wait_s: 503
+            release.set()
+            return [extra, late, *await asyncio.gather(*holding)]
+
+    extra, late, *done = asyncio.run(scenario())
+    for refused, why in ((extra, "2 photos in flight and 1 waiting"), (late, "no slot for the photo within 0.5 s")):
+        assert refused.status_code == 503 and refused.headers["retry-after"].isdigit(), refused.text
+        assert f"The server is busy ({why})" in refused.json()["error"]
+    assert read.get("id=2", 0) == read.get("id=3", 0) == 0  # the refused requests' bodies were never read
+    assert [r.status_code for r in done] == [200, 200]

@@ -46,10 +46,17 @@ def add_http_api(
     request's decoding, segmenting and encoding run inside ``active()`` (the server's ``IdleTrim.active``).
     At most ``limits.http_requests`` requests hold their body at once; up to ``limits.http_waiting`` more wait for
     one of those slots, their bodies unread, for ``limits.http_wait_s``; beyond either, 503 with Retry-After.
+    ``app.state.http_load()`` says how many hold a body and how many wait.
     """
     limiter = anyio.CapacityLimiter(limits.concurrency)
     bodies = anyio.Semaphore(limits.http_requests)
     waiting = 0  # requests waiting for a body slot (this runs on one event loop: a plain counter is exact)
+
+    def load() -> tuple[int, int]:
+        """(requests holding a body, requests waiting for a slot)."""
+        return limits.http_requests - bodies.value, waiting
+
+    app.state.http_load = load
 
     def busy(why: str) -> JSONResponse:
         response = json_error(503, f"The server is busy ({why}); retry in {RETRY_AFTER_S} s.")
