@@ -1,5 +1,7 @@
-"""Writing a trained generator for others: ``model.safetensors`` + ``config.json`` (with its sha256), the model card,
-inference tuning on val, and the Hub upload. train.py calls these; so can anyone with a generator in hand."""
+"""Export orchestration: a trained generator -> a weights folder others load. Tuning the inference size, flip and
+presence threshold on val, the scene prior, the val/test metrics, the model card, the atomic copy into place and the
+Hub upload. The format itself (file names, sha256, the served graph, ``save_pretrained``) is ``segmenter.weights``;
+its names are re-exported here for older callers. train.py calls these; so can anyone with a generator in hand."""
 
 from __future__ import annotations
 
