@@ -32,6 +32,7 @@ MIN_SHARE = 0.0002  # a mask covering less of the photo than this counts as "no 
 # frame's height covers about 0.07% of it: docs/presence-gate.md)
 CONFIDENT = 0.9  # probability of a "confident" pixel
 KEEP_SHARE = 0.01  # the presence gate keeps a mask whose largest confident region covers this share of the frame
+MAX_KEEP_SHARE = 0.1  # ... and no larger: a person the score misses is small in the frame; a cat's face is not
 GATE_SIDE = 512  # confident regions are measured on the map scaled to at most this many pixels a side
 NO_PERSON = "No person found"
 LOW_CONFIDENCE = "Person found, low confidence"
@@ -279,7 +280,7 @@ def finish(
     is made when a cutout or composite first needs it)."""
     threshold = default_threshold if options.threshold is None else options.threshold
     doubted = options.presence_gate and presence is not None and presence < presence_threshold
-    overruled = doubted and confident_share(probability) >= KEEP_SHARE
+    overruled = doubted and KEEP_SHARE <= confident_share(probability) <= MAX_KEEP_SHARE
     mask = np.zeros(probability.shape, bool) if doubted and not overruled else binarize(probability, threshold)
     if options.keep_largest:
         mask = refine.keep_largest_component(mask)

@@ -113,7 +113,7 @@ def test_all_splits_table_goes_into_the_model_card(tmp_path: Path, all_on: Path,
     for name in ("model.safetensors", "config.json"):
         (weights / name).write_bytes((all_on / name).read_bytes())
     (weights / "README.md").write_text("# card\n\n## Results\nold rows\n\n## Training\nkept\n")
-    argv = [str(weights), "--all", "--data-root", str(root), "--card", "--no-progress"]
+    argv = [str(weights), "--all", "--train", "--data-root", str(root), "--card", "--no-progress"]
     assert main(argv) == 0
     table = capsys.readouterr().out.split("| dataset | split |", 1)[1].split("\n\nmodel card updated")[0]
     card = (weights / "README.md").read_text()
@@ -192,3 +192,35 @@ def test_foreign_photos_counts_the_pasted_people_each_model_misses(
             (str(nobody), False, True),
         ]
         assert int(found[0][2]) >= least
+
+
+def test_all_reads_val_by_default_and_compares(tmp_path: Path, all_on: Path, capsys: pytest.CaptureFixture[str]):
+    """--all reads val (train only with --train); --compare scores both models on the same photos, with a verdict."""
+    root = tmp_path / "data"
+    write_dataset(root / "people", [(40, 60), (50, 30), (33, 47)], ["train", "val", "val"]).rename(
+        root / "people" / "split.csv"
+    )
+    assert main([str(all_on), "--all", "--data-root", str(root), "--no-progress", "--compare", str(all_on)]) == 0
+    out = capsys.readouterr().out
+    assert "| people | val | 2 |" in out and "| people | train |" not in out
+    comparison = out.split("against ", 1)[1]
+    assert "| people | val | 2 |" in comparison and "| same |" in comparison
+    assert "does not ship" in comparison  # the same model: no better pooled figure, so it does not ship
+
+
+def test_compare_table_verdicts() -> None:
+    from segmenter.evaluate import compare_table
+
+    def rows(a: float, b: float, missed: float = 0) -> list:
+        return [
+            ("A", "val", {"iou": a, "photos": 10, "missed": missed}),
+            ("B", "val", {"iou": b, "photos": 30, "missed": 0}),
+            ("A", "test", {"iou": 0.1, "photos": 5, "missed": 0}),  # shown, never judged
+        ]
+
+    ref = rows(0.80, 0.70)
+    assert compare_table(rows(0.81, 0.72), ref, "ref")[1]  # better everywhere
+    assert compare_table(rows(0.797, 0.72), ref, "ref")[1]  # A within noise, pooled better
+    table, ships = compare_table(rows(0.79, 0.75), ref, "ref")  # A worse beyond noise: pooled gain does not buy it
+    assert not ships and "| A | val | 10 | 0.8000 | 0.7900 | -0.0100 | 0 | 0 | worse |" in table
+    assert not compare_table(rows(0.81, 0.72, missed=1), ref, "ref")[1]  # one more photo missed
