@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from . import far_people
 from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
-from .export import CONFIG_NAME
 from .inference import ENGINES, Segmenter
 from .metrics import METRICS, mean_scores, score
 from .pipeline import Options, check_threshold
+from .weights import CONFIG_NAME
 
 LABELS = {"iou": "mIoU", "dice": "Dice", "accuracy": "accuracy", "boundary_f": "boundary-F"}
 WORST = 5

@@ -190,7 +190,7 @@ def pasted_val(val_person: list[Pair], val_empty: list[Pair], seed: int = 0) -> 
 
 def split_pairs(sources: list[DataSource]) -> tuple[list[Pair], list[Pair]]:
     """Val sources -> (photos with a person, photos without), by their masks."""
-    from .export import all_empty
+    from .data import all_empty
 
     person, empty = [], []
     for src in sources:
@@ -209,8 +209,8 @@ def _recorded_sources(cfg: ModelConfig, key: str, root: Path, split: str) -> lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .export import CONFIG_NAME, save_pretrained
     from .inference import Segmenter
+    from .weights import CONFIG_NAME, save_pretrained
 
     p = argparse.ArgumentParser(
         prog="python -m segmenter.scene", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
