@@ -68,7 +68,7 @@ def evaluate(
                     "person_share": float(pred.mean()),
                     "no_person": float(result.no_person),
                     "presence": result.presence,
-                    "missed": float(bool((np.asarray(truth) > 127).any()) and (result.no_person or not pred.any())),
+                    "missed": float(result.no_person and bool((np.asarray(truth) > 127).any())),
                 }
             )
         bar.update(len(chunk))
@@ -120,9 +120,14 @@ def format_table(results: list[tuple[str, str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def judged(split: str) -> bool:
+    """Whether a split may choose a model: val splits (far people included), never test or train."""
+    return split not in ("test", "train")
+
+
 def pooled(results: list[tuple[str, str, dict[str, float]]]) -> float:
-    """Mean IoU over every photo of the val splits (far people included; test never)."""
-    rows = [(m["iou"], m["photos"]) for _, split, m in results if split != "test" and split != "train"]
+    """Mean IoU over every photo of the judged (val) splits."""
+    rows = [(m["iou"], m["photos"]) for _, split, m in results if judged(split)]
     return sum(i * n for i, n in rows) / max(1, sum(n for _, n in rows))
 
 
@@ -142,10 +147,9 @@ def compare_table(
     ships = True
     for (name, split, m), (_, _, r) in zip(new, ref, strict=True):
         delta = m["iou"] - r["iou"]
-        judged = split not in ("test", "train")
-        worse = judged and (delta < -NOISE or m.get("missed", 0) > r.get("missed", 0))
+        worse = judged(split) and (delta < -NOISE or m.get("missed", 0) > r.get("missed", 0))
         ships &= not worse
-        verdict = "worse" if worse else ("not judged" if not judged else ("better" if delta > NOISE else "same"))
+        verdict = "worse" if worse else ("not judged" if not judged(split) else ("better" if delta > NOISE else "same"))
         lines.append(
             f"| {name} | {split} | {m['photos']:.0f} | {r['iou']:.4f} | {m['iou']:.4f} | {delta:+.4f} "
             f"| {r.get('missed', 0):.0f} | {m.get('missed', 0):.0f} | {verdict} |"
@@ -153,7 +157,7 @@ def compare_table(
     p_new, p_ref = pooled(new), pooled(ref)
     ships &= p_new > p_ref
     lines.append(
-        f"| pooled val | | {sum(m['photos'] for _, s, m in new if s not in ('test', 'train')):.0f} | {p_ref:.4f} "
+        f"| pooled val | | {sum(m['photos'] for _, s, m in new if judged(s)):.0f} | {p_ref:.4f} "
         f"| {p_new:.4f} | {p_new - p_ref:+.4f} | | | {'ships' if ships else 'does not ship'} |"
     )
     return "\n".join(lines), ships

@@ -127,8 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="datasets (default: %(default)s)")
     args = parser.parse_args(argv)
     out = build(args.out, args.data_root)
-    counts = {s: sum(1 for r in csv.DictReader((out / "split.csv").open()) if r["split"] == s) for s in splits()}
-    print(f"{out}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    print(f"{out}:")
+    for split in splits():
+        shares = [float((np.asarray(load_pair(p)[1]) > 127).mean()) for p in load_pairs(out, split)]
+        print(
+            f"  {split}: {len(shares)} photos, people cover {min(shares):.2%} / {np.median(shares):.2%} / "
+            f"{max(shares):.2%} of the frame (min / median / max)"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from . import blend, refine
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Upsample = Literal["guided", "bilinear"]
-MIN_SHARE = 0.0002  # a mask covering less of the photo than this counts as "no person found" (a person 8% of the
-# frame's height covers about 0.07% of it: docs/presence-gate.md)
+MIN_SHARE = 0.0002  # a mask covering less of the photo than this counts as "no person found" (the far-people val
+# people at 8% of the frame's height cover 0.05-0.49% of it: python -m segmenter.far_people; docs/presence-gate.md)
 CONFIDENT = 0.9  # probability of a "confident" pixel
 KEEP_SHARE = 0.01  # the presence gate keeps a mask whose largest confident region covers this share of the frame
 MAX_KEEP_SHARE = 0.1  # ... and no larger: a person the score misses is small in the frame; a cat's face is not
