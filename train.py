@@ -51,7 +51,7 @@ from train_config import (
     resume_config,
     sources,
 )
-from train_lib import (  # noqa: F401
+from train_lib import (
     LOSS_KEYS,
     all_rng_states,
     amp_dtype,
@@ -69,11 +69,11 @@ from train_lib import (  # noqa: F401
     save_samples,
     set_rng_state,
     soft_dice_loss,
-    validate,
+    validate,  # noqa: F401 (bench/training.py: train.validate)
     validate_all,
     write_logs,
 )
-from train_presets import PRESETS  # noqa: F401
+from train_presets import PRESETS  # noqa: F401 (train.PRESETS: tests, bench/training.py)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

@@ -15,7 +15,6 @@ from segmenter.data import (
     DataSource,
     parse_sources,
 )
-from segmenter.weights import EXPORT_FILES  # noqa: F401 (train.EXPORT_FILES)
 from train_presets import PRESETS
 
 

@@ -16,6 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import evaluate as evaluation
+from . import scene
+from .config import ModelConfig
+from .data import DataSource, Pair, all_empty, load_pair
+from .inference import Segmenter
 from .weights import (
     CARD_NAME,
     CONFIG_NAME,
@@ -31,19 +36,8 @@ from .weights import (
 )
 from .weights import save_pretrained as save_weights
 
-# isort: split
-# The names above first: evaluate.py and scene.py still take CONFIG_NAME (and scene.py save_pretrained and
-# all_empty) from this module, so they must be bound before those modules are imported.
-from . import evaluate as evaluation
-from . import scene
-from .config import ModelConfig
-from .data import DataSource, Pair, all_empty, load_pair
-from .inference import Segmenter
-
-# The weights format moved to segmenter.weights; these names stay importable from here for older callers.
-save_pretrained = save_folder  # writes like weights.save_pretrained, returns the folder, leaves cfg as it was
+# The weights format moved to segmenter.weights; these names stay importable from here for older callers (bench/).
 __all__ = [
-    "CARD_NAME",
     "CONFIG_NAME",
     "EXPORT_FILES",
     "ONNX_NAME",
@@ -51,17 +45,16 @@ __all__ = [
     "WEIGHTS_NAME",
     "Served",
     "add_onnx",
-    "all_empty",
     "copy_export",
     "export_run",
     "push_to_hub",
     "save_onnx",
     "save_pretrained",
-    "sha256_file",
     "tune_inference",
     "tune_presence",
     "write_card",
 ]
+save_pretrained = save_folder  # writes like weights.save_pretrained, returns the folder, leaves cfg as it was
 
 
 def tune_inference(seg: Segmenter, val_pairs: list[Pair], max_size: int | None = None) -> dict[str, Any]:
