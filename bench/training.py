@@ -8,7 +8,8 @@ For each preset (its TrainConfig from train.py's own parser, its datasets from t
   (= the DataLoader's number of batches), so an "epoch" here is an epoch-equivalent, not a measured epoch;
 * validation: train.py's ``validate`` over the val split, once (train.py runs it after every epoch).
 
-The step is train.py's own ``train_step`` (CPU, fp32: train.py autocasts only on CUDA).
+The step is train.py's own ``train_step``, called without autocast (CPU, fp32; train.py itself autocasts with
+--amp: bf16 on CUDA and on CPUs with native bf16).
 
     .venv/bin/python bench/training.py                # seed and cpu presets, 2 steps each (~2-3 min on a shared 2-core CPU)
     .venv/bin/python bench/training.py --quick        # cpu preset, 2 steps, first 48 photos
