@@ -22,7 +22,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNING = re.compile(r"Uvicorn running on http://[^:/]+:(\d+)")  # uvicorn's start-up line names the bound port
-START_TIMEOUT = 120.0  # seconds: importing torch and gradio is slow on a loaded CPU
+# Seconds: importing torch and gradio took over 120 s on a loaded 2-core host. Only a deadline: a server that
+# answers sooner is used at once, and one that exits is reported at once (serve_app polls both).
+START_TIMEOUT = 600.0
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> None:
