@@ -13,11 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmenter import far_people
 from segmenter.data import DATA_ROOT, load_pair, load_pairs
 from segmenter.inference import Segmenter
+from segmenter.metrics import score
 from segmenter.pipeline import KEEP_SHARE, MAX_KEEP_SHARE, Options, confident_share
 
 CANDIDATES = (0.0005, 0.002, 0.005, 0.01, 0.02)
@@ -31,13 +34,16 @@ SETS = [
 ]
 
 
-def scores(seg: Segmenter, pairs: list) -> list[tuple[float, float]]:
-    """Photos -> [(presence score, confident share)], ungated."""
+def scores(seg: Segmenter, pairs: list) -> list[tuple[float, float, float]]:
+    """Photos -> [(presence score, confident share, IoU of the ungated mask)]."""
     out = []
     for start in range(0, len(pairs), 8):
         loaded = [load_pair(p) for p in pairs[start : start + 8]]
-        for _, r in zip(loaded, seg.segment_batch([im for im, _ in loaded], Options(presence_gate=False)), strict=True):
-            out.append((r.presence, confident_share(r.probability)))
+        for (_, truth), r in zip(
+            loaded, seg.segment_batch([im for im, _ in loaded], Options(presence_gate=False)), strict=True
+        ):
+            iou = score(np.asarray(r.mask) > 127, np.asarray(truth) > 127)["iou"]
+            out.append((r.presence, confident_share(r.probability), iou))
     return out
 
 
@@ -57,13 +63,19 @@ def main(argv: list[str] | None = None) -> None:
         f"confident region, from the column's share up to MAX_KEEP_SHARE {MAX_KEEP_SHARE:g} (shipped KEEP_SHARE "
         f"{KEEP_SHARE:g})\n"
     )
-    print("| photos | n | score says nobody | " + " | ".join(f"kept at {c:g}" for c in CANDIDATES) + " |")
-    print("|---|---|---|" + "---|" * len(CANDIDATES))
+    print(
+        "| photos | n | ungated mIoU | score says nobody | " + " | ".join(f"kept at {c:g}" for c in CANDIDATES) + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(CANDIDATES))
     for name, pairs in jobs:
         rows = scores(seg, pairs)
-        doubted = [share for presence, share in rows if presence < th]
+        doubted = [share for presence, share, _ in rows if presence < th]
+        ungated = float(np.mean([iou for *_, iou in rows]))
         kept = [sum(c <= share <= MAX_KEEP_SHARE for share in doubted) for c in CANDIDATES]
-        print(f"| {name} | {len(rows)} | {len(doubted)} | " + " | ".join(map(str, kept)) + " |", flush=True)
+        print(
+            f"| {name} | {len(rows)} | {ungated:.4f} | {len(doubted)} | " + " | ".join(map(str, kept)) + " |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
