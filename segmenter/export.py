@@ -128,10 +128,10 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
 MODEL_CARD = """---
 license: mit
 library_name: pytorch
-tags: [image-segmentation, person-segmentation, pix2pix, gan]
+tags: [{tags}]
 pipeline_tag: image-segmentation
 ---
-# Person segmentation: {arch} trained as a Pix2Pix generator
+# Person segmentation: {arch} {trained_as}
 
 Binary person masks from RGB photos. Input: an RGB photo resized to {input_size}x{input_size} (trained at
 {size}x{size}; {inference_note}), scaled to [-1, 1]; output: a tanh map, probability = (y + 1) / 2, person where
@@ -202,10 +202,17 @@ def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) ->
         f"{m.get('person_share', float('nan')):.2%} | {m.get('no_person', float('nan')):.0%} |"
         for name, m in meta.get("metrics", {}).items()
     ]
+    gan = cfg["gan_weight"] > 0
     objective = (
         f"70x70 PatchGAN discriminator (ndf {cfg['ndf']}), GAN weight {cfg['gan_weight']} + L1 x {cfg['l1_lambda']}"
-        if cfg["gan_weight"] > 0
+        if gan
         else f"L1 loss x {cfg['l1_lambda']} (no discriminator)"
+    )
+    dice = " + Dice" if cfg.get("dice_weight") else ""
+    trained_as = (
+        f"trained as a Pix2Pix generator (GAN + L1{dice})"
+        if gan
+        else f"trained on L1{dice} loss, without a discriminator"
     )
     if cfg.get("dice_weight"):
         objective += f" + soft Dice x {cfg['dice_weight']}"
@@ -249,6 +256,8 @@ def write_card(folder: Path, train_config: dict[str, Any], mcfg: ModelConfig) ->
             "resumed": "".join(f", resumed with `{c}`" for c in meta["commands"][1:]),
             "best_epoch": meta["best_epoch"],
             "objective": objective,
+            "trained_as": trained_as,
+            "tags": ", ".join(["image-segmentation", "person-segmentation", cfg["arch"], *(["pix2pix", "gan"] * gan)]),
             "train_images": meta["data"]["train_images"],
             "data_section": _data_section(meta),
             "presence_note": presence_note,

@@ -278,6 +278,8 @@ def test_model_card_renders_the_run(one_epoch: Path, data: Path) -> None:
         assert f"| {data.parent.name}/{split} | {SPLITS[split]} | {m['iou']:.4f} | {m['dice']:.4f} |" in card
         assert 0 <= m["person_share"] <= 1 and "seconds_per_image" in m
     assert "70x70 PatchGAN discriminator (ndf 8), GAN weight 1.0 + L1 x 100.0" in card
+    assert "\n# Person segmentation: pix2pix_unet trained as a Pix2Pix generator (GAN + L1)\n" in card
+    assert "\ntags: [image-segmentation, person-segmentation, pix2pix_unet, pix2pix, gan]\n" in card
     assert (
         "1 epochs, batch 2" in card
         and "(epoch 1)" in card
@@ -320,6 +322,8 @@ def test_model_card_of_the_shipped_preset(tmp_path: Path) -> None:
     )
     assert "Training ID `robust-run`, preset `cpu-robust`: `python train.py --preset cpu-robust`." in card
     assert "L1 loss x 100.0 (no discriminator) + soft Dice x 50.0 + presence-head BCE x 1.0" in card
+    assert "\n# Person segmentation: effnet_unet trained on L1 + Dice loss, without a discriminator\n" in card
+    assert "\ntags: [image-segmentation, person-segmentation, effnet_unet]\n" in card and "Pix2Pix" not in card
     assert (
         "augmentation `robust`\n(copy-paste p=0.5" in card
         and "starting from the generator in `weights/hsd-lite0/`" in card
