@@ -23,8 +23,11 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, fields
 from functools import partial
 from pathlib import Path
+from typing import Literal, get_args
 
 import gradio as gr
 import torch
@@ -36,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from segmenter.images import ImageError, load_image
 from segmenter.inference import Segmenter
-from segmenter.pipeline import Background, Options, Segmentation, check_threshold, finish
+from segmenter.pipeline import Background, BackgroundMode, Options, Segmentation, check_threshold, finish
 from segmenter.server import Limits, Segment
 from segmenter.server.batch import CSV_COLUMNS, batch_files
 from segmenter.server.cache import CacheSweeper
@@ -98,7 +101,8 @@ TRIM_IDLE_S = float(os.getenv("TRIM_IDLE_S", "10"))
 IDLE_TRIM = IdleTrim(TRIM_IDLE_S)  # every handler's work runs inside IDLE_TRIM.active(); the cache sweeper calls it
 MMAP_THRESHOLD_MB = float(os.getenv("MMAP_THRESHOLD_MB", "0"))
 SHUTDOWN_SECONDS = 5  # on SIGTERM, open connections get this long before they are cut and the cache is cleaned
-BACKGROUNDS = {"Transparent": "transparent", "Colour": "color", "Blurred photo": "blur", "Image": "image"}
+BackgroundChoice = Literal["Transparent", "Colour", "Blurred photo", "Image"]  # the UI's labels of BackgroundMode
+BACKGROUNDS: dict[str, BackgroundMode] = dict(zip(get_args(BackgroundChoice), get_args(BackgroundMode), strict=True))
 SEGMENT_API_NAME = "segment"
 PRIVATE = {"api_visibility": "private"}
 EMPTY_MESSAGE = "Upload a photo, paste one, take a webcam snapshot or pick an example."
@@ -190,18 +194,48 @@ def read_photo(path: str | Path) -> Image.Image:
 # Module-level so tests can call them; build_demo binds the segment function and the cache folder.
 
 
-def read_settings(values: tuple) -> tuple[Options, Background]:
-    """The UI's settings components' raw values, in order, -> (Options, Background)."""
-    threshold, keep_largest, fill_holes, feather_px, gate, mode, color, blur_percent, bg_payload = values
-    options = Options(
-        user_threshold(threshold), bool(keep_largest), bool(fill_holes), float(feather_px), presence_gate=bool(gate)
-    )
-    try:
-        rgb = Background.parse_color(str(color))
-    except ValueError as e:
-        raise InputError(f"Not a colour: {color!r}.") from e
-    bg_path = photo_path(bg_payload)
-    return options, Background(BACKGROUNDS[mode], rgb, float(blur_percent), read_photo(bg_path) if bg_path else None)
+@dataclass(frozen=True)
+class PhotoSettings:
+    """The Photo tab's settings as its components hand them over, one field per component, in the order of the
+    events' inputs (:meth:`names`); :meth:`parse` checks them into the pipeline's Options and Background."""
+
+    threshold: float
+    keep_largest: bool = Options.keep_largest
+    fill_holes: bool = Options.fill_holes
+    feather_px: float = Options.feather_px
+    presence_gate: bool = Options.presence_gate
+    background: BackgroundChoice = "Transparent"
+    color: str = "#00b140"
+    blur_percent: float = Background.blur_percent
+    background_image: dict | None = None  # the background image input's raw payload
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The field names, in the order build_demo wires the components."""
+        return [f.name for f in fields(cls)]
+
+    def values(self) -> tuple:
+        """The components' values in wiring order: what an event sends (tests and benchmarks call the handlers so)."""
+        return astuple(self)
+
+    def parse(self) -> tuple[Options, Background]:
+        """-> (Options, Background), every value checked; InputError names a bad one."""
+        options = Options(
+            user_threshold(self.threshold),
+            bool(self.keep_largest),
+            bool(self.fill_holes),
+            float(self.feather_px),
+            presence_gate=bool(self.presence_gate),
+        )
+        if self.background not in BACKGROUNDS:
+            raise InputError(f"Background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}.")
+        try:
+            rgb = Background.parse_color(str(self.color))
+        except ValueError as e:
+            raise InputError(f"Not a colour: {self.color!r}.") from e
+        path = photo_path(self.background_image)
+        image = read_photo(path) if path else None
+        return options, Background(BACKGROUNDS[self.background], rgb, float(self.blur_percent), image)
 
 
 def render(
@@ -232,21 +266,21 @@ def render(
     return mask, cutout, overlay, (path, after), download, describe(result, time.perf_counter() - start)
 
 
-def segment_photo(segment: Segment, cache_dir: str, photo: dict | None, *values: object) -> tuple:
+def segment_photo(segment: Segment, cache_dir: str, photo: dict | None, settings: PhotoSettings) -> tuple:
     """Run the pipeline on the photo and render; the last output (probability map, presence) goes to gr.State."""
     if photo is None:
         return None, None, None, None, gr.DownloadButton(visible=False), EMPTY_MESSAGE, None
     start = time.perf_counter()
     try:
         path = photo_path(photo)
-        options, background = read_settings(values)
+        options, background = settings.parse()
         result = segment(read_photo(path), options)
         return (*render(cache_dir, path, result, background, start, notify=True), (result.probability, result.presence))
     except InputError as e:
         raise user_error(str(e)) from None
 
 
-def rerender(seg: Segmenter, cache_dir: str, photo: dict | None, state: tuple | None, *values: object) -> tuple:
+def rerender(seg: Segmenter, cache_dir: str, photo: dict | None, state: tuple | None, settings: PhotoSettings) -> tuple:
     """Finish the cached probability map again with new settings: the pipeline's last step, no model call."""
     start = time.perf_counter()
     try:
@@ -254,7 +288,7 @@ def rerender(seg: Segmenter, cache_dir: str, photo: dict | None, state: tuple | 
         image = read_photo(path) if path is not None and state is not None else None
         if image is None or state[0].shape != (image.height, image.width):  # nothing segmented yet, or a new photo
             return tuple(gr.skip() for _ in range(6))
-        options, background = read_settings(values)
+        options, background = settings.parse()
         result = finish(image, state[0], state[1], options, seg.threshold, seg.cfg.presence_threshold)
         return render(cache_dir, path, result, background, start)
     except InputError as e:
@@ -297,6 +331,17 @@ def segment_batch(
         raise user_error(str(e)) from None
     files, rows = batch_files(segment, [Path(p) for p in paths], options, Path(cache_dir), LIMITS, progress.tqdm)
     return [str(f) for f in files], [[r[c] for c in CSV_COLUMNS] for r in rows]
+
+
+def settings_event(handler: Callable[..., tuple], *bound: object, leading: int) -> Callable[..., tuple]:
+    """A Gradio event function for ``handler(*bound, *inputs, settings)``: the event's first ``leading`` inputs
+    (photo, state) are passed on, the settings components' values become one PhotoSettings. Named as the handler."""
+
+    def event(*values: object) -> tuple:
+        return handler(*bound, *values[:leading], PhotoSettings(*values[leading:]))
+
+    event.__name__ = event.__qualname__ = handler.__name__
+    return event
 
 
 def show_background_controls(mode: str) -> tuple[gr.ColorPicker, gr.Slider, gr.Image]:
@@ -361,8 +406,8 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                                 info="Untick to see the mask anyway when the model says the photo shows nobody",
                             )
                             feather_px = gr.Slider(0, 20, value=defaults.feather_px, step=1, label="Feather edge (px)")
-                            bg_mode = gr.Radio(list(BACKGROUNDS), value="Transparent", label="Background")
-                            bg_color = gr.ColorPicker("#00b140", label="Colour", visible=False)
+                            bg_mode = gr.Radio(list(BACKGROUNDS), value=PhotoSettings.background, label="Background")
+                            bg_color = gr.ColorPicker(PhotoSettings.color, label="Colour", visible=False)
                             blur_label = "Blur strength (% of the photo's size)"
                             blur = gr.Slider(
                                 0.5, 10, Background.blur_percent, step=0.5, label=blur_label, visible=False
@@ -419,13 +464,24 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
                 gr.Markdown(model_card(seg, live_note, SPACE_ID, ZERO_GPU), elem_id="model-card")
 
         cache = photo.GRADIO_CACHE
-        settings = [threshold, keep_largest, fill, feather_px, gate, bg_mode, bg_color, blur, bg_image]
+        controls = {
+            "threshold": threshold,
+            "keep_largest": keep_largest,
+            "fill_holes": fill,
+            "feather_px": feather_px,
+            "presence_gate": gate,
+            "background": bg_mode,
+            "color": bg_color,
+            "blur_percent": blur,
+            "background_image": bg_image,
+        }
+        settings = [controls[name] for name in PhotoSettings.names()]  # one component per field, in field order
         outputs = [mask_out, cutout_out, overlay_out, before_after, composite_btn, stats]
         # UI events: no API entry; a model call takes one of the model's slots; raw file payloads (one decode, our caps).
         ui, model = {**PRIVATE, "preprocess": False}, {"concurrency_id": "model"}
         gr.on(
             [run_btn.click, photo.change],
-            partial(segment_photo, segment, cache),
+            settings_event(segment_photo, segment, cache, leading=1),
             [photo, *settings],
             [*outputs, prob_state],
             trigger_mode="always_last",
@@ -434,10 +490,9 @@ def build_demo(seg: Segmenter, segment: Segment | None = None) -> gr.Blocks:
         )
         setting_events = [c.release for c in (threshold, feather_px, blur)]
         setting_events += [c.change for c in (keep_largest, fill, gate, bg_mode, bg_color, bg_image)]
-        redo = partial(rerender, seg, cache)
         gr.on(
             setting_events,
-            redo,
+            settings_event(rerender, seg, cache, leading=2),
             [photo, prob_state, *settings],
             outputs,
             show_progress="minimal",

@@ -132,15 +132,13 @@ def ui_handler(seg: Segmenter, sizes: list[float], rounds: int, max_seconds: flo
     (the app's ``views.ENCODE_WORKERS``) against one at a time (one worker), interleaved, with ``segment`` alone."""
     app = importlib.import_module("app")
     segment = app.make_segment(seg)
-    d = Options()
-    settings = (seg.threshold, d.keep_largest, d.fill_holes, d.feather_px, d.presence_gate, "Transparent", "#00b140")
-    settings += (3.0, None)  # blur strength, background image
+    settings = app.PhotoSettings(seg.threshold, blur_percent=3.0)  # the tab's defaults
     side_by_side = views.ENCODE_WORKERS
 
     def handler(path: Path, workers: int, cache: str) -> None:
         views.ENCODE_WORKERS = workers
         try:
-            app.segment_photo(segment, cache, {"path": str(path)}, *settings)
+            app.segment_photo(segment, cache, {"path": str(path)}, settings)
         finally:
             views.ENCODE_WORKERS = side_by_side
 

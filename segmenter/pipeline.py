@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from . import blend, refine
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Upsample = Literal["guided", "bilinear"]
+BackgroundMode = Literal["transparent", "color", "blur", "image"]
 MIN_SHARE = 0.0002  # a mask covering less of the photo than this counts as "no person found" (the far-people val
 # people at 8% of the frame's height cover 0.05-0.49% of it: python -m segmenter.far_people; docs/presence-gate.md)
 CONFIDENT = 0.9  # probability of a "confident" pixel
@@ -106,8 +107,8 @@ class Options:
             check_threshold(self.threshold)
         if not 0 <= self.feather_px <= 100 or math.isnan(self.feather_px):
             raise ValueError(f"feather_px must be in [0, 100], got {self.feather_px}")
-        if self.upsample not in ("guided", "bilinear"):
-            raise ValueError(f"upsample must be 'guided' or 'bilinear', got {self.upsample!r}")
+        if self.upsample not in get_args(Upsample):
+            raise ValueError(f"upsample must be one of {', '.join(get_args(Upsample))}, got {self.upsample!r}")
         if self.input_size is not None and (self.input_size < 32 or self.input_size % 32):
             raise ValueError(f"input_size must be a multiple of 32 (>= 32), got {self.input_size}")
 
@@ -116,7 +117,7 @@ class Options:
 class Background:
     """What ``Segmentation.composite`` puts behind the person."""
 
-    mode: Literal["transparent", "color", "blur", "image"] = "transparent"
+    mode: BackgroundMode = "transparent"
     color: tuple[int, int, int] = (0, 177, 64)
     blur_percent: float = 2.0  # blur radius as a percentage of the photo's longer side
     image: Image.Image | None = field(default=None, compare=False)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -220,24 +221,24 @@ def test_rerender_rethresholds_the_cached_map_without_a_model(tmp_path: Path, ti
     Image.new("RGB", (64, 48), (90, 120, 150)).save(image_path)
     prob = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # left 0 ... right 255
     photo = {"path": str(image_path)}  # the raw payload of the gr.Image (its events run with preprocess=False)
-    settings = (0.5, False, True, 0.0, True, "Transparent", "#00ff00", 2.0, None)
-    mask_half, cutout_path, *_, text = app.rerender(seg, str(tmp_path), photo, (prob, None), *settings)
-    mask_most, *_ = app.rerender(seg, str(tmp_path), photo, (prob, None), 0.1, *settings[1:])
+    settings = app.PhotoSettings(0.5, False, True, 0.0, True, "Transparent", "#00ff00", 2.0, None)
+    mask_half, cutout_path, *_, text = app.rerender(seg, str(tmp_path), photo, (prob, None), settings)
+    mask_most, *_ = app.rerender(seg, str(tmp_path), photo, (prob, None), replace(settings, threshold=0.1))
     share = lambda p: (np.asarray(Image.open(p)) > 0).mean()  # noqa: E731
     assert share(mask_half) == pytest.approx(0.5, abs=0.03) and share(mask_most) == pytest.approx(0.9, abs=0.03)
     assert Image.open(cutout_path).mode == "RGBA"
     assert "Person found" in text and "person share" in text
     coloured = app.rerender(
-        seg, str(tmp_path), photo, (prob, None), *settings[:5], "Colour", "rgba(0, 255, 0, 1)", 2.0, None
+        seg, str(tmp_path), photo, (prob, None), replace(settings, background="Colour", color="rgba(0, 255, 0, 1)")
     )
     composite = Image.open(coloured[4].value["path"])  # the DownloadButton's file
     assert np.asarray(composite)[24, 2].tolist() == pytest.approx([0, 255, 0], abs=8)
     # A presence score under the model's threshold: no person, an empty mask, and the status line says so.
-    gated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), *settings)
+    gated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), settings)
     assert share(gated[0]) == 0 and "No person found" in gated[5]
-    ungated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), *settings[:4], False, *settings[5:])
+    ungated = app.rerender(seg, str(tmp_path), photo, (prob, 0.01), replace(settings, presence_gate=False))
     assert share(ungated[0]) == pytest.approx(0.5, abs=0.03)  # the user's override shows the mask anyway
-    skipped = app.rerender(seg, str(tmp_path), photo, None, *settings)  # nothing segmented yet
+    skipped = app.rerender(seg, str(tmp_path), photo, None, settings)  # nothing segmented yet
     assert len(skipped) == 6
 
 
@@ -249,9 +250,9 @@ def test_views_are_screen_sized_and_downloads_full_size(tmp_path: Path, tiny_wei
     Image.new("RGB", big, (90, 120, 150)).save(image_path)
     prob = np.tile(np.linspace(0, 255, big[0]).astype(np.uint8), (big[1], 1))  # left 0 ... right 255
     photo = {"path": str(image_path)}
-    settings = (0.5, False, True, 2.0, True, "Colour", "#00ff00", 2.0, None)
+    settings = app.PhotoSettings(0.5, False, True, 2.0, True, "Colour", "#00ff00", 2.0, None)
     mask, cutout, overlay, (before, after), composite_btn, _ = app.rerender(
-        seg, str(tmp_path), photo, (prob, None), *settings
+        seg, str(tmp_path), photo, (prob, None), settings
     )
     assert Image.open(mask).size == Image.open(cutout).size == Image.open(composite_btn.value["path"]).size == big
     assert before == str(image_path)  # the upload itself: the browser has it already, nothing is re-encoded
@@ -271,6 +272,27 @@ def test_single_photos_never_queue_behind_a_batch(tiny_weights: Path):
     }
     assert slots["segment_batch"] == ("batch", 1)
     assert slots["segment_photo"][0] == slots["segment_api"][0] == "model" != slots["segment_batch"][0]
+
+
+def test_the_photo_events_take_the_settings_in_field_order(tiny_weights: Path):
+    """Both Photo-tab events hand their settings components over in PhotoSettings' field order (no index by hand)."""
+    demo = app.build_demo(Segmenter.from_pretrained(tiny_weights, device="cpu"))
+    labels = {
+        "threshold": "Threshold",
+        "keep_largest": "Keep main person region",
+        "fill_holes": "Fill holes",
+        "feather_px": "Feather edge (px)",
+        "presence_gate": "Empty mask when the model finds no person",
+        "background": "Background",
+        "color": "Colour",
+        "blur_percent": "Blur strength (% of the photo's size)",
+        "background_image": "Background image",
+    }
+    events = {getattr(fn.fn, "func", fn.fn).__name__: fn for fn in demo.fns.values() if fn.fn is not None}
+    for name, leading in (("segment_photo", 1), ("rerender", 2)):
+        inputs = events[name].inputs[leading:]
+        assert [c.label for c in inputs] == [labels[n] for n in app.PhotoSettings.names()], name
+    assert list(app.BACKGROUNDS.values()) == ["transparent", "color", "blur", "image"]  # from the Literal types
 
 
 def test_run_batch_writes_masks_cutouts_and_figures(tmp_path: Path, tiny_weights: Path):
@@ -350,9 +372,9 @@ def test_the_servers_work_holds_off_the_heap_trim(
     monkeypatch.setattr(app, "save_all_to_cache", lambda *a: (during.append(idle_trim()), saving(*a))[1])
     image_path = tmp_path / "photo.png"
     Image.new("RGB", (40, 30), (90, 120, 150)).save(image_path)
-    settings = (0.5, False, True, 2.0, True, "Transparent", "#00ff00", 2.0, None)
+    settings = app.PhotoSettings(0.5, False, True, 2.0, True, "Transparent", "#00ff00", 2.0, None)
     now[0] = 50.0  # idle 50 s since start-up when the photo comes
-    app.segment_photo(app.make_segment(seg), str(tmp_path), {"path": str(image_path)}, *settings)
+    app.segment_photo(app.make_segment(seg), str(tmp_path), {"path": str(image_path)}, settings)
     assert during == [False, False]  # never trimmed while it segments or writes its files
     assert not idle_trim()  # nor right after
     now[0] = 60.0
@@ -404,7 +426,7 @@ def test_every_entry_point_refuses_0_and_1_with_the_one_message(
     with pytest.raises(AppError, match=re.escape(THRESHOLD_MESSAGE)):
         client.predict(handle_file(example_photo), threshold, api_name="/segment")
     with pytest.raises(app.InputError, match=re.escape(THRESHOLD_MESSAGE)):
-        app.read_settings((threshold, False, True, 2, True, "Transparent", "#00b140", 3, None))
+        app.PhotoSettings(threshold, False, True, 2, True, "Transparent", "#00b140", 3, None).parse()
     with pytest.raises(gr.Error, match=re.escape(THRESHOLD_MESSAGE)):
         app.segment_batch(lambda *a: None, str(tmp_path), [str(example_photo)], threshold)
 
@@ -467,7 +489,7 @@ def test_examples_work_past_the_cache_age_limit(app_url: str):
     assert httpx.get(f"{app_url}gradio_api/file={examples[0]['path']}", timeout=30).status_code == 200
     photo = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "photo")
     index = next(d["id"] for d in config["dependencies"] if d["inputs"] and d["inputs"][0] == photo)
-    settings = [0.5, False, True, 2, True, "Transparent", "#00b140", 3, None]
+    settings = app.PhotoSettings(0.5, False, True, 2, True, "Transparent", "#00b140", 3, None).values()
     done = ui_event(app_url, index, [{**examples[0], "meta": {"_type": "gradio.FileData"}}, *settings], "examples")
     assert done["success"], done
     status = done["output"]["data"][5]
