@@ -2,7 +2,7 @@
 
 Top to bottom: config -> data -> models -> (resume) -> epochs -> export -> Hub. The defaults are the
 original run (``--preset seed``); ``--preset cpu-robust-crops`` is the run that produced the shipped weights
-(the presets and their history: train_presets.py).
+(the presets and their history: segmenter/training/presets.py).
 
     python train.py --preset cpu-robust-crops --export-to weights/
     python train.py --epochs 3 --run-id smoke
@@ -35,7 +35,6 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-import train_config
 from segmenter.data import (
     SegmentationDataset,
     all_empty,
@@ -43,15 +42,15 @@ from segmenter.data import (
 )
 from segmenter.export import push_to_hub
 from segmenter.model import build_discriminator, build_generator, load_lite_imagenet
-from segmenter.weights import EXPORT_FILES  # noqa: F401 (train.EXPORT_FILES)
-from train_config import (
+from segmenter.training import config as train_config
+from segmenter.training.config import (
     TrainConfig,
     given_options,
     model_config,
     resume_config,
     sources,
 )
-from train_lib import (
+from segmenter.training.lib import (
     LOSS_KEYS,
     all_rng_states,
     amp_dtype,
@@ -73,7 +72,8 @@ from train_lib import (
     validate_all,
     write_logs,
 )
-from train_presets import PRESETS  # noqa: F401 (train.PRESETS: tests, bench/training.py)
+from segmenter.training.presets import PRESETS  # noqa: F401 (train.PRESETS: tests, bench/training.py)
+from segmenter.weights import EXPORT_FILES  # noqa: F401 (train.EXPORT_FILES)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

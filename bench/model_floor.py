@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from common import (
@@ -36,7 +37,7 @@ from common import (
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segmenter.config import ModelConfig
+from segmenter.config import Arch, ModelConfig
 from segmenter.export import Served, save_onnx
 from segmenter.inference import Segmenter
 
@@ -363,9 +364,7 @@ def print_results(results: list[ArchResult]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="effnet_unet only, 1 thread, few rounds, batch 8 only")
-    p.add_argument(
-        "--arch", nargs="+", default=["effnet_unet", "pix2pix_unet"], choices=["effnet_unet", "pix2pix_unet"]
-    )
+    p.add_argument("--arch", nargs="+", default=["effnet_unet", "pix2pix_unet"], choices=get_args(Arch))
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to try")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds at batch 1")
     p.add_argument("--batch-rounds", type=int, default=2, help="interleaved rounds at batch 8 and 16")

@@ -7,9 +7,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Arch = Literal["pix2pix_unet", "effnet_unet"]
+Encoder = Literal["lite0", "lite2"]
+Norm = Literal["batch", "instance"]
 # Keys that only the pix2pix U-Net reads: an effnet_unet config.json leaves them out (an older one that has them,
 # at any value, still loads; they are ignored).
 PIX2PIX_KEYS = ("ngf", "num_downs", "norm", "dropout")
@@ -34,7 +36,7 @@ class ModelConfig:
     out_channels: int = 1
     ngf: int = 64
     num_downs: int = 8
-    norm: Literal["batch", "instance"] = "batch"
+    norm: Norm = "batch"
     dropout: bool = True
     input_size: int = 256
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -42,7 +44,7 @@ class ModelConfig:
     threshold: float = 0.5
     tta_flip: bool = False  # also run the mirrored photo and average (chosen on val at export)
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
-    encoder: Literal["lite0", "lite2"] = "lite0"  # effnet_unet: EfficientNet-Lite0 (shipped) or the wider Lite2
+    encoder: Encoder = "lite0"  # effnet_unet: EfficientNet-Lite0 (shipped) or the wider Lite2
     presence_head: bool = False  # effnet_unet: a small head on the deepest features says "a person is in the photo"
     presence_threshold: float = 0.5  # presence probability below this: "no person", empty mask (chosen on val)
     scene_prior: bool = False  # effnet_unet: a frozen ImageNet Lite0 + linear probe can veto the head (segmenter.scene)
@@ -51,12 +53,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         """Every value checked, the offending key named: a bad config.json fails on load, not on the first photo."""
-        choices = {
-            "arch": ("pix2pix_unet", "effnet_unet"),
-            "encoder": ("lite0", "lite2"),
-            "norm": ("batch", "instance"),
-        }
-        for name, allowed in choices.items():
+        for name, kind in (("arch", Arch), ("encoder", Encoder), ("norm", Norm)):
+            allowed = get_args(kind)
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         ranges = {"in_channels": (3, 3), "out_channels": (1, 1), "ngf": (1, 1024), "num_downs": (5, 12)}

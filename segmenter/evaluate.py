@@ -24,6 +24,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from . import far_people
 from .data import DATA_ROOT, DEFAULT_DATA_DIR, Pair, load_pair, load_pairs
 from .inference import ENGINES, Segmenter
 from .metrics import METRICS, mean_scores, score
-from .pipeline import Options, check_threshold
+from .pipeline import Options, Upsample, check_threshold
 from .weights import CONFIG_NAME
 
 LABELS = {"iou": "mIoU", "dice": "Dice", "accuracy": "accuracy", "boundary_f": "boundary-F"}
@@ -262,7 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threshold", type=float, default=None, help="probability threshold (default: the one in the weights' config)"
     )
-    parser.add_argument("--upsample", choices=["guided", "bilinear"], default="guided", help="default: %(default)s")
+    parser.add_argument("--upsample", choices=get_args(Upsample), default="guided", help="default: %(default)s")
     parser.add_argument("--csv", type=Path, default=None, help="also write per-image scores to this CSV file")
     parser.add_argument(
         "--card",

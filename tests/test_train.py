@@ -668,6 +668,26 @@ def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path:
     assert seg.segment(Image.open(data.parent / "images" / "0.png")).presence is not None
 
 
+def test_val_sets_from_one_folder_are_logged_per_split(data: Path, tmp_path: Path) -> None:
+    """The far-people set is one folder read for four splits: each gets its own val_iou key, not one merged key."""
+    from segmenter.training import lib as train_lib
+
+    negatives = make_negatives(tmp_path / "negatives")
+    cfg = train.parse_args(
+        [
+            "--datasets",
+            f"{negatives}:train",
+            "--val-datasets",
+            f"{negatives}:val,{negatives}:train,{data}",
+            "--size",
+            "64",
+        ]
+    )
+    _, _, val_sets = train_lib.load_data(cfg)
+    assert [name for name, _ in val_sets] == ["negatives:val", "negatives:train", "data0"]
+    assert [len(ds) for _, ds in val_sets] == [2, 4, len(train_lib.load_pairs(data, "val"))]
+
+
 @pytest.mark.parametrize("option", ["--datasets", "--val-datasets"])
 def test_a_mix_never_uses_test_rows(option: str, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

@@ -31,7 +31,8 @@ from segmenter.export import copy_export, export_run, write_card
 from segmenter.hardware import cpu_has_bf16
 from segmenter.model import build_generator
 from segmenter.pipeline import binarize
-from train_config import PATHS, TrainConfig, model_config, sources
+
+from .config import PATHS, TrainConfig, model_config, sources
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -228,9 +229,11 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
         crop_negative_p=cfg.crop_negative_p,
         subject_crop_p=cfg.subject_crop_p,
     )
+    names = [src.name for src in val_sources]  # a folder read for several splits is logged once per split
+    names = [f"{src.name}:{src.split}" if names.count(src.name) > 1 else src.name for src in val_sources]
     val_sets = [
-        (src.name, SegmentationDataset(part, train=False, size=cfg.size))
-        for src, part in zip(val_sources, val_parts, strict=True)
+        (name, SegmentationDataset(part, train=False, size=cfg.size))
+        for name, part in zip(names, val_parts, strict=True)
     ]
     return train_ds, weights, val_sets
 

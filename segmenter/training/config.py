@@ -8,14 +8,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
-from segmenter.config import ModelConfig
+from segmenter.config import Arch, Encoder, ModelConfig
 from segmenter.data import (
     DATA_ROOT,
     DEFAULT_DATA_DIR,
     DataSource,
     parse_sources,
 )
-from train_presets import PRESETS
+
+from .presets import PRESETS
 
 
 def opt(default: Any, help: str) -> Any:
@@ -47,8 +48,8 @@ class TrainConfig:
     epoch_samples: int = opt(
         0, "samples drawn per epoch from a --datasets mix (with replacement, by weight); 0: all photos"
     )
-    arch: Literal["pix2pix_unet", "effnet_unet"] = opt("pix2pix_unet", "generator")
-    encoder: Literal["lite0", "lite2"] = opt(
+    arch: Arch = opt("pix2pix_unet", "generator")
+    encoder: Encoder = opt(
         "lite0", "effnet_unet: the ImageNet-pretrained encoder, EfficientNet-Lite0 or the wider Lite2"
     )
     ngf: int = opt(64, "pix2pix_unet: width of the first generator layer")
