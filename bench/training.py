@@ -14,11 +14,14 @@ The step is train.py's own ``train_step``, called without autocast (CPU, fp32; t
     .venv/bin/python bench/training.py                # seed and cpu presets, 2 steps each (~2-3 min on a shared 2-core CPU)
     .venv/bin/python bench/training.py --quick        # cpu preset, 2 steps, first 48 photos
     .venv/bin/python bench/training.py --steps 10 --threads 2
+    .venv/bin/python bench/training.py --precision --presets seed cpu-robust-crops --steps 3 --threads 2
+                                                      # fp32 against --amp's bf16 autocast, one step interleaved
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader
 
 import train as trainpy  # ROOT is on sys.path (common)
 from segmenter.model import build_discriminator, build_generator
+from segmenter.training.lib import amp_dtype
 
 EPOCH_IMAGES = 230  # the train split of split.csv
 
@@ -57,8 +61,8 @@ class GanStep:
             cfg,
         )
 
-    def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> float:
-        losses = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg)
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor, autocast: Any = None) -> float:
+        losses = trainpy.train_step(self.G, self.D, self.D, self.opt_g, self.opt_d, img, mask, self.cfg, autocast)
         loss_g_gan, loss_g_l1 = losses["loss_g_gan"], losses["loss_g_l1"]
         return float(self.cfg.gan_weight * loss_g_gan + self.cfg.l1_lambda * loss_g_l1)
 
@@ -195,6 +199,52 @@ def report(results: list[PresetResult], steps: int, limit: int) -> str:
     return "### Training: seconds per epoch-equivalent\n\n" + markdown_table(headers, rows) + "\n\n" + note
 
 
+def time_precisions(step: GanStep, img: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, steps: int) -> dict:
+    """{"fp32": Timing, "bf16": Timing} of ``step`` on one batch, the two interleaved after one warm-up each."""
+    return time_interleaved(
+        {
+            "fp32": lambda: step(img, mask, contextlib.nullcontext()),
+            "bf16": lambda: step(img, mask, torch.autocast("cpu", dtype=dtype)),
+        },
+        steps,
+        warmup=1,
+    )
+
+
+def precision_table(presets: list[str], steps: int) -> str:
+    """fp32 against bf16 autocast (train.py --amp: fp32 weights and optimiser) on one fixed batch of each preset at
+    its own size and batch, the two interleaved in one process so that the machine's load hits both alike."""
+    dtype = amp_dtype(torch.device("cpu"))
+    if dtype is None:
+        return "### Training step: fp32 against bf16\n\nThis CPU has no native bf16: --amp runs fp32 here."
+    rows = []
+    for preset in presets:
+        cfg = trainpy.parse_args(["--preset", preset])
+        torch.manual_seed(cfg.seed)
+        step = GanStep.build(cfg)
+        img = torch.rand(cfg.batch_size, 3, cfg.size, cfg.size) * 2 - 1
+        mask = (torch.rand(cfg.batch_size, 1, cfg.size, cfg.size) > 0.5).float() * 2 - 1
+        timings = time_precisions(step, img, mask, dtype, steps)
+        fp32, half = timings["fp32"].p50, timings["bf16"].p50
+        objective = "GAN + L1" if cfg.gan_weight > 0 else "L1 + Dice (no D)"
+        size = f"{cfg.size}x{cfg.size}"
+        rows.append(
+            [
+                preset,
+                cfg.arch,
+                objective,
+                str(cfg.batch_size),
+                size,
+                f"{fp32:.2f}",
+                f"{half:.2f}",
+                f"{fp32 / half:.2f}x",
+            ]
+        )
+    headers = ["preset", "generator", "objective", "batch", "size", "fp32 s/step", "bf16 s/step", "speed-up"]
+    note = f"Median of {steps} steps of each, interleaved after one warm-up each, on one fixed random batch."
+    return "### Training step: fp32 against bf16 autocast (--amp)\n\n" + markdown_table(headers, rows) + "\n\n" + note
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="cpu preset only, 2 steps, first 48 photos")
@@ -209,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps of each kind per preset")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as train.py)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the preset's)")
+    p.add_argument("--precision", action="store_true", help="only the step in fp32 against bf16 autocast (--amp)")
     args = p.parse_args(argv)
     if args.quick:
         args.presets, args.steps, args.limit = ["cpu"], 2, 48
@@ -216,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print_machine("Training throughput")
     print(f"train.py: {ROOT / 'train.py'}\n")
+    if args.precision:
+        print(precision_table(args.presets, args.steps))
+        return
     results = [measure(preset, args.steps, args.workers, args.limit) for preset in args.presets]
     print(report(results, args.steps, args.limit))
 
