@@ -668,6 +668,19 @@ def test_mix_of_datasets_with_copy_paste_and_presence_head(data: Path, tmp_path:
     assert seg.segment(Image.open(data.parent / "images" / "0.png")).presence is not None
 
 
+def test_train_val_script_reproduces_the_logged_val_figure(one_epoch: Path, data: Path, capsys) -> None:
+    """scripts/train_val.py gives any weights train.py's own val figure: on a run's export, the figure it logged."""
+    spec = importlib.util.spec_from_file_location("train_val", ROOT / "scripts" / "train_val.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (record,) = records(one_epoch)
+    with torch_state_kept():
+        script.main([str(one_epoch / "export"), *tiny_args(data, one_epoch.parent / "unused")])
+    printed = dict(re.findall(r"^  (\S+): ([\d.]+)$", capsys.readouterr().out, re.M))
+    assert float(printed["val_iou"]) == pytest.approx(record["val_iou"], abs=1e-4)
+    assert float(printed["val_l1"]) == pytest.approx(record["val_l1"], abs=1e-4)
+
+
 def test_val_sets_from_one_folder_are_logged_per_split(data: Path, tmp_path: Path) -> None:
     """The far-people set is one folder read for four splits: each gets its own val_iou key, not one merged key."""
     from segmenter.training import lib as train_lib

@@ -229,13 +229,20 @@ def load_data(cfg: TrainConfig) -> tuple[SegmentationDataset, list[float], list[
         crop_negative_p=cfg.crop_negative_p,
         subject_crop_p=cfg.subject_crop_p,
     )
-    names = [src.name for src in val_sources]  # a folder read for several splits is logged once per split
+    return train_ds, weights, val_datasets(cfg, val_sources, val_parts)
+
+
+def val_datasets(
+    cfg: TrainConfig, val_sources: list[DataSource], val_parts: list[list[Pair]]
+) -> list[tuple[str, SegmentationDataset]]:
+    """[(name, val dataset)] at the training size, named by folder (a folder read for several splits: name:split,
+    so that each is logged apart); ``val_parts``: each source's pairs (without a split: the held-out eighth of --data)."""
+    names = [src.name for src in val_sources]
     names = [f"{src.name}:{src.split}" if names.count(src.name) > 1 else src.name for src in val_sources]
-    val_sets = [
+    return [
         (name, SegmentationDataset(part, train=False, size=cfg.size))
         for name, part in zip(names, val_parts, strict=True)
     ]
-    return train_ds, weights, val_sets
 
 
 def make_sampler(
