@@ -211,7 +211,7 @@ def time_precisions(step: GanStep, img: torch.Tensor, mask: torch.Tensor, dtype:
     )
 
 
-def precision_table(presets: list[str], steps: int) -> str:
+def precision_table(presets: list[str], steps: int, size: int = 0, batch_size: int = 0) -> str:
     """fp32 against bf16 autocast (train.py --amp: fp32 weights and optimiser) on one fixed batch of each preset at
     its own size and batch, the two interleaved in one process so that the machine's load hits both alike."""
     dtype = amp_dtype(torch.device("cpu"))
@@ -219,7 +219,11 @@ def precision_table(presets: list[str], steps: int) -> str:
         return "### Training step: fp32 against bf16\n\nThis CPU has no native bf16: --amp runs fp32 here."
     rows = []
     for preset in presets:
-        cfg = trainpy.parse_args(["--preset", preset])
+        overrides = [
+            *(["--size", str(size)] if size else []),
+            *(["--batch-size", str(batch_size)] if batch_size else []),
+        ]
+        cfg = trainpy.parse_args(["--preset", preset, *overrides])
         torch.manual_seed(cfg.seed)
         step = GanStep.build(cfg)
         img = torch.rand(cfg.batch_size, 3, cfg.size, cfg.size) * 2 - 1
@@ -227,14 +231,14 @@ def precision_table(presets: list[str], steps: int) -> str:
         timings = time_precisions(step, img, mask, dtype, steps)
         fp32, half = timings["fp32"].p50, timings["bf16"].p50
         objective = "GAN + L1" if cfg.gan_weight > 0 else "L1 + Dice (no D)"
-        size = f"{cfg.size}x{cfg.size}"
+        side = f"{cfg.size}x{cfg.size}"
         rows.append(
             [
                 preset,
                 cfg.arch,
                 objective,
                 str(cfg.batch_size),
-                size,
+                side,
                 f"{fp32:.2f}",
                 f"{half:.2f}",
                 f"{fp32 / half:.2f}x",
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as train.py)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the preset's)")
     p.add_argument("--precision", action="store_true", help="only the step in fp32 against bf16 autocast (--amp)")
+    p.add_argument("--size", type=int, default=0, help="--precision: train at this size (0: the preset's)")
+    p.add_argument("--batch-size", type=int, default=0, help="--precision: this batch (0: the preset's)")
     args = p.parse_args(argv)
     if args.quick:
         args.presets, args.steps, args.limit = ["cpu"], 2, 48
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     print_machine("Training throughput")
     print(f"train.py: {ROOT / 'train.py'}\n")
     if args.precision:
-        print(precision_table(args.presets, args.steps))
+        print(precision_table(args.presets, args.steps, args.size, args.batch_size))
         return
     results = [measure(preset, args.steps, args.workers, args.limit) for preset in args.presets]
     print(report(results, args.steps, args.limit))
