@@ -44,6 +44,25 @@ def test_auto_picks_onnx_on_a_cpu_with_the_graph(monkeypatch: pytest.MonkeyPatch
         pick_engine("int8", cpu, graph)
 
 
+def test_only_native_bf16_counts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """oneDNN emulates bf16 on plain AVX-512 (and says it supports it); only AVX512-BF16 or AMX count as native."""
+    from segmenter import hardware
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not hardware.cpu_has_bf16()  # emulation only: --amp trains in fp32, engine bf16 is refused
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert hardware.cpu_has_bf16()
+    for name in hardware.NATIVE_BF16_CHECKS:  # an older torch without the checks: the kernel's CPU flags
+        monkeypatch.delattr(torch.cpu, name)
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
+    hardware.CPUINFO.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not hardware.cpu_has_bf16()
+    hardware.CPUINFO.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n")
+    assert hardware.cpu_has_bf16()
+
+
 def test_export_writes_a_checked_graph_that_auto_serves(tiny_weights: Path, example_photo: Path) -> None:
     assert (tiny_weights / ONNX_NAME).is_file()
     onnx = Segmenter.from_pretrained(tiny_weights, device="cpu")
