@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import train as trainpy  # ROOT is on sys.path (common)
+from segmenter.hardware import cpu_has_bf16
 from segmenter.model import build_discriminator, build_generator
-from segmenter.training.lib import amp_dtype
 
 EPOCH_IMAGES = 230  # the train split of split.csv
 
@@ -199,12 +199,12 @@ def report(results: list[PresetResult], steps: int, limit: int) -> str:
     return "### Training: seconds per epoch-equivalent\n\n" + markdown_table(headers, rows) + "\n\n" + note
 
 
-def time_precisions(step: GanStep, img: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, steps: int) -> dict:
+def time_precisions(step: GanStep, img: torch.Tensor, mask: torch.Tensor, steps: int) -> dict:
     """{"fp32": Timing, "bf16": Timing} of ``step`` on one batch, the two interleaved after one warm-up each."""
     return time_interleaved(
         {
             "fp32": lambda: step(img, mask, contextlib.nullcontext()),
-            "bf16": lambda: step(img, mask, torch.autocast("cpu", dtype=dtype)),
+            "bf16": lambda: step(img, mask, torch.autocast("cpu", dtype=torch.bfloat16)),
         },
         steps,
         warmup=1,
@@ -214,8 +214,7 @@ def time_precisions(step: GanStep, img: torch.Tensor, mask: torch.Tensor, dtype:
 def precision_table(presets: list[str], steps: int, size: int = 0, batch_size: int = 0) -> str:
     """fp32 against bf16 autocast (train.py --amp: fp32 weights and optimiser) on one fixed batch of each preset at
     its own size and batch, the two interleaved in one process so that the machine's load hits both alike."""
-    native = amp_dtype(torch.device("cpu")) is not None
-    dtype = torch.bfloat16  # timed either way: without native bf16, oneDNN emulates it (and --amp trains in fp32)
+    native = cpu_has_bf16()  # bf16 is timed either way: without native bf16 oneDNN emulates it (--amp: fp32)
     rows = []
     for preset in presets:
         overrides = [
@@ -227,7 +226,7 @@ def precision_table(presets: list[str], steps: int, size: int = 0, batch_size: i
         step = GanStep.build(cfg)
         img = torch.rand(cfg.batch_size, 3, cfg.size, cfg.size) * 2 - 1
         mask = (torch.rand(cfg.batch_size, 1, cfg.size, cfg.size) > 0.5).float() * 2 - 1
-        timings = time_precisions(step, img, mask, dtype, steps)
+        timings = time_precisions(step, img, mask, steps)
         fp32, half = timings["fp32"].p50, timings["bf16"].p50
         objective = "GAN + L1" if cfg.gan_weight > 0 else "L1 + Dice (no D)"
         side = f"{cfg.size}x{cfg.size}"
